@@ -98,6 +98,13 @@ static inline void closedirp(DIR **d)
 }
 #define _cleanup_closedir_ _cleanup_(closedirp)
 
+/* free() that returns NULL, for "p = mfree_str(p)". */
+static inline char *mfree_str(char *p)
+{
+        free(p);
+        return NULL;
+}
+
 /* Frees a NULL-terminated array of strings. */
 static inline char **strv_free(char **l)
 {

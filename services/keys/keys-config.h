@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The keyd configuration (/etc/aziot/keyd/config.toml + config.d), as upstream reads it:
+ *   [aziot_keys]      string → string, handed to the key store's set_parameter() verbatim
+ *   [preloaded_keys]  key id → location URI ("file:///…", "pkcs11:…")
+ *   [[principal]]     uid + "keys" globs (hot-reloaded)
+ *   max_requests      read by the gateway, not by keyd */
+
+#include "config.h"
+#include "principal.h"
+
+typedef struct KeysConfig {
+        char **parameters; /* NULL-terminated name, value, name, value, … for set_parameter() */
+        PrincipalSet principals;
+} KeysConfig;
+
+int keys_config_parse(const TomlValue *root, KeysConfig *ret, ConfigError *ret_error);
+int keys_config_load(KeysConfig *ret, ConfigError *ret_error);
+void keys_config_done(KeysConfig *c);
