@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <pwd.h>
+#include <signal.h>
+
+#include "build-config.h"
+#include "keyd.h"
+#include "keys-config.h"
+#include "log.h"
+#include "macro.h"
+
+#define DEFAULT_IDLE_SEC 30
+#define CONFIG_DEBOUNCE_USEC (250 * 1000)
+
+static void manager_free(Manager *m)
+{
+        if (!m)
+                return;
+        sd_event_source_disable_unref(m->idle_timer);
+        config_watch_free(m->config_watch);
+        polkit_registry_free(m->polkit_registry);
+        sd_bus_slot_unref(m->object_slot);
+        sd_bus_flush_close_unref(m->bus);
+        sd_event_unref(m->event);
+        principal_set_done(&m->principals);
+        sender_uid_cache_done(&m->sender_uids);
+        free(m);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free)
+
+/* Hands every [aziot_keys] and [preloaded_keys] entry to the store, as upstream keyd does. */
+static int manager_configure_store(Manager *m, const KeysConfig *c)
+{
+        AZIOT_KEYS_RC rc;
+
+        for (char **p = c->parameters; p && *p; p += 2) {
+                rc = m->keys->set_parameter(p[0], p[1]);
+                if (rc != AZIOT_KEYS_RC_OK)
+                        return log_error_errno(EINVAL, "The key store rejected parameter \"%s\".",
+                                               p[0]);
+        }
+        return 0;
+}
+
+static void manager_reload_config(void *userdata)
+{
+        Manager *m = userdata;
+        KeysConfig c = {};
+        ConfigError err = {};
+        char buf[1024];
+        int r;
+
+        /* Only principals are reloaded, as upstream does: the store keeps its parameters. */
+        r = keys_config_load(&c, &err);
+        if (r < 0) {
+                log_warning("Keeping the previous configuration: %s",
+                            config_error_format(&err, buf, sizeof(buf)));
+                config_error_done(&err);
+                return;
+        }
+        principal_set_done(&m->principals);
+        m->principals = c.principals;
+        c.principals = (PrincipalSet){};
+        keys_config_done(&c);
+        log_info("Configuration reloaded: %zu principal(s).", m->principals.n);
+}
+
+static int manager_load_config(Manager *m)
+{
+        _cleanup_(keys_config_done) KeysConfig c = {};
+        _cleanup_free_ char *main_path = NULL, *dir = NULL;
+        ConfigError err = {};
+        char buf[1024];
+        int r;
+
+        r = keys_config_load(&c, &err);
+        if (r < 0) {
+                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
+                config_error_done(&err);
+                return r;
+        }
+
+        r = manager_configure_store(m, &c);
+        if (r < 0)
+                return r;
+        m->principals = c.principals;
+        c.principals = (PrincipalSet){};
+
+        r = config_paths("keyd", &main_path, &dir);
+        if (r < 0)
+                return log_oom();
+        r = config_watch_new(m->event, main_path, dir, CONFIG_DEBOUNCE_USEC, manager_reload_config, m,
+                             &m->config_watch);
+        if (r < 0)
+                log_warning_errno(r, "Principals will not be reloaded on change: %m");
+        return 0;
+}
+
+static int on_idle(sd_event_source *s, uint64_t usec, void *userdata)
+{
+        Manager *m = userdata;
+        int r;
+
+        /* Give the name up first, so that a new call activates a new instance, then answer what
+         * was already queued to us before leaving. */
+        log_debug("Idle, exiting.");
+        r = sd_bus_release_name(m->bus, KEYS_BUS_NAME);
+        if (r < 0)
+                log_warning_errno(r, "Failed to release %s: %m", KEYS_BUS_NAME);
+        while (sd_bus_process(m->bus, NULL) > 0)
+                ;
+        (void)sd_bus_flush(m->bus);
+        return sd_event_exit(m->event, 0);
+}
+
+/* Every incoming message restarts the idle countdown. */
+static int on_any_message(sd_bus_message *message, void *userdata, sd_bus_error *error)
+{
+        Manager *m = userdata;
+
+        if (m->idle_timer) {
+                (void)sd_event_source_set_time_relative(m->idle_timer, m->idle_usec);
+                (void)sd_event_source_set_enabled(m->idle_timer, SD_EVENT_ONESHOT);
+        }
+        return 0;
+}
+
+static int manager_connect_bus(Manager *m)
+{
+        int r;
+
+        r = sd_bus_open_system(&m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Failed to connect to the system bus: %m");
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+        r = sd_bus_add_filter(m->bus, NULL, on_any_message, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to add a bus filter: %m");
+        r = keys_dbus_register(m);
+        if (r < 0)
+                return r;
+        r = sd_bus_request_name(m->bus, KEYS_BUS_NAME, 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to acquire %s: %m", KEYS_BUS_NAME);
+        return 0;
+}
+
+static int manager_new(uint64_t idle_usec, Manager **ret)
+{
+        _cleanup_(manager_freep) Manager *m = NULL;
+        const char *gw = getenv("AZIOT_GATEWAY_USER") ?: GATEWAY_USER;
+        struct passwd *pw;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return log_oom();
+        m->idle_usec = idle_usec;
+        pw = getpwnam(gw);
+        m->gateway_uid = pw ? pw->pw_uid : UID_INVALID;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate the event loop: %m");
+        (void)sd_event_set_signal_exit(m->event, true);
+
+        r = aziot_keys_get_function_list(AZIOT_KEYS_VERSION_2_1_0_0, &m->keys);
+        if (r != AZIOT_KEYS_RC_OK || !m->keys)
+                return log_error_errno(EIO, "The key store offers no function list 2.1.0.0.");
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+static int run(uint64_t idle_usec)
+{
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        r = manager_new(idle_usec, &m);
+        if (r < 0)
+                return r;
+        r = manager_load_config(m);
+        if (r < 0)
+                return r;
+        r = manager_connect_bus(m);
+        if (r < 0)
+                return r;
+
+        if (idle_usec > 0) {
+                r = sd_event_add_time_relative(m->event, &m->idle_timer, CLOCK_MONOTONIC, idle_usec,
+                                               0, on_idle, m);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to arm the idle timer: %m");
+        }
+
+        log_info("Serving %s.", KEYS_BUS_NAME);
+        r = sd_event_loop(m->event);
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m");
+        return 0;
+}
+
+static void help(void)
+{
+        printf("aziot-keyd [OPTIONS]\n\n"
+               "The Keys service of the device identity stack, on D-Bus as %s.\n\n"
+               "  -h --help               Show this help\n"
+               "     --version            Show the version\n"
+               "     --idle-timeout=SEC   Exit after SEC seconds without calls (default %d, 0: never)\n"
+               "\nConfiguration: /etc/aziot/keyd/config.toml and config.d/*.toml, or\n"
+               "AZIOT_KEYD_CONFIG and AZIOT_KEYD_CONFIG_DIR. Log level: AZIOT_LOG.\n",
+               KEYS_BUS_NAME, DEFAULT_IDLE_SEC);
+}
+
+int main(int argc, char *argv[])
+{
+        enum { ARG_VERSION = 0x100, ARG_IDLE };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "idle-timeout", required_argument, NULL, ARG_IDLE },
+                {},
+        };
+        unsigned long idle_sec = DEFAULT_IDLE_SEC;
+        char *end;
+        int c;
+
+        log_setup("aziot-keyd");
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return EXIT_SUCCESS;
+                case ARG_VERSION:
+                        printf("aziot-keyd %s\n", PACKAGE_VERSION);
+                        return EXIT_SUCCESS;
+                case ARG_IDLE:
+                        errno = 0;
+                        idle_sec = strtoul(optarg, &end, 10);
+                        if (errno || *end || end == optarg || idle_sec > 86400) {
+                                log_error("Invalid --idle-timeout: %s", optarg);
+                                return EXIT_FAILURE;
+                        }
+                        break;
+                default:
+                        return EXIT_FAILURE;
+                }
+        if (optind < argc) {
+                log_error("Unexpected argument: %s", argv[optind]);
+                return EXIT_FAILURE;
+        }
+
+        return run((uint64_t)idle_sec * 1000000) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "aziot-keys.h"
+#include "bus-caller.h"
+#include "config-watch.h"
+#include "polkit.h"
+#include "principal.h"
+
+#define KEYS_BUS_NAME "org.aziot.Keys1"
+#define KEYS_OBJECT_PATH "/org/aziot/Keys1"
+#define KEYS_INTERFACE "org.aziot.Keys1"
+
+#define KEYS_ERROR_INVALID_PARAMETER "org.aziot.Keys1.Error.InvalidParameter"
+#define KEYS_ERROR_NOT_FOUND "org.aziot.Keys1.Error.NotFound"
+#define KEYS_ERROR_NOT_AUTHORIZED "org.aziot.Keys1.Error.NotAuthorized"
+#define KEYS_ERROR_FAILED "org.aziot.Keys1.Error.Failed"
+
+/* The key that signs handles: never loadable, creatable, importable or movable through the API. */
+#define HANDLE_VALIDATION_KEY_ID "handle-validation-key"
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        sd_bus_slot *object_slot;
+        PolkitRegistry *polkit_registry;
+        SenderUidCache sender_uids;
+
+        const AZIOT_KEYS_FUNCTION_LIST *keys;
+        PrincipalSet principals;
+        ConfigWatch *config_watch;
+
+        uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
+        uint64_t idle_usec;
+        sd_event_source *idle_timer;
+} Manager;
+
+int keys_dbus_register(Manager *m);
