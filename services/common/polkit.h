@@ -19,6 +19,7 @@
  * Any polkit error, a missing polkitd, or a challenge (no agent can answer one for a service) is a
  * denial: -EACCES. */
 
+#include <stdbool.h>
 #include <systemd/sd-bus.h>
 
 #include "peercred.h"
@@ -34,3 +35,17 @@ static inline void polkit_registry_freep(PolkitRegistry **r)
 {
         polkit_registry_free(*r);
 }
+
+/* More about the registry:
+ *  - *registry is created by the first check (NULL before). It belongs to the daemon's context and
+ *    must outlive every handler; free it before the bus, since its queries hold method calls.
+ *  - A query is matched by message, action, details and subject. One method call may check several
+ *    actions in turn (its handler then runs once more per action); the answers stay until the call
+ *    is done, then an idle event source of the bus's sd-event loop frees them. Without an event
+ *    loop, consumed answers are freed at the next check of another call, and an answer whose
+ *    handler never asked again stays until the registry is freed.
+ *  - polkitd gets 20 s to answer; no answer is a denial. */
+
+/* True while a check waits for polkitd or for its method call to run again: a service that exits
+ * when idle must not exit then. */
+bool polkit_registry_busy(const PolkitRegistry *registry);
