@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "build-config.h"
+#include "bus-util.h"
 #include "keyd.h"
 #include "keys-config.h"
 #include "log.h"
@@ -16,7 +17,6 @@ static void manager_free(Manager *m)
 {
         if (!m)
                 return;
-        sd_event_source_disable_unref(m->idle_timer);
         config_watch_free(m->config_watch);
         polkit_registry_free(m->polkit_registry);
         sd_bus_slot_unref(m->object_slot);
@@ -96,79 +96,56 @@ static int manager_load_config(Manager *m)
         return 0;
 }
 
-static int on_idle(sd_event_source *s, uint64_t usec, void *userdata)
-{
-        Manager *m = userdata;
-        int r;
-
-        /* Give the name up first, so that a new call activates a new instance, then answer what
-         * was already queued to us before leaving. */
-        log_debug("Idle, exiting.");
-        r = sd_bus_release_name(m->bus, KEYS_BUS_NAME);
-        if (r < 0)
-                log_warning_errno(r, "Failed to release %s: %m", KEYS_BUS_NAME);
-        while (sd_bus_process(m->bus, NULL) > 0)
-                ;
-        (void)sd_bus_flush(m->bus);
-        return sd_event_exit(m->event, 0);
-}
-
-/* Every incoming message restarts the idle countdown. */
-static int on_any_message(sd_bus_message *message, void *userdata, sd_bus_error *error)
+static bool manager_busy(void *userdata)
 {
         Manager *m = userdata;
 
-        if (m->idle_timer) {
-                (void)sd_event_source_set_time_relative(m->idle_timer, m->idle_usec);
-                (void)sd_event_source_set_enabled(m->idle_timer, SD_EVENT_ONESHOT);
-        }
-        return 0;
+        return polkit_registry_busy(m->polkit_registry);
 }
 
 static int manager_connect_bus(Manager *m)
 {
         int r;
 
-        r = sd_bus_open_system(&m->bus);
+        r = bus_open_system_or_address(NULL, &m->bus);
         if (r < 0)
                 return log_error_errno(r, "Failed to connect to the system bus: %m");
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
                 return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
-        r = sd_bus_add_filter(m->bus, NULL, on_any_message, m);
-        if (r < 0)
-                return log_error_errno(r, "Failed to add a bus filter: %m");
-        r = keys_dbus_register(m);
-        if (r < 0)
-                return r;
-        r = sd_bus_request_name(m->bus, KEYS_BUS_NAME, 0);
-        if (r < 0)
-                return log_error_errno(r, "Failed to acquire %s: %m", KEYS_BUS_NAME);
-        return 0;
+        return keys_dbus_register(m);
 }
 
-static int manager_new(uint64_t idle_usec, Manager **ret)
+static int manager_new(Manager **ret)
 {
         _cleanup_(manager_freep) Manager *m = NULL;
         const char *gw = getenv("AZIOT_GATEWAY_USER") ?: GATEWAY_USER;
+        const AZIOT_KEYS_FUNCTION_LIST *base = NULL;
         struct passwd *pw;
         int r;
 
         m = calloc(1, sizeof(*m));
         if (!m)
                 return log_oom();
-        m->idle_usec = idle_usec;
         pw = getpwnam(gw);
         m->gateway_uid = pw ? pw->pw_uid : UID_INVALID;
 
         r = sd_event_default(&m->event);
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate the event loop: %m");
-        (void)sd_event_set_signal_exit(m->event, true);
+        r = event_add_exit_signals(m->event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to handle SIGTERM and SIGINT: %m");
 
-        r = aziot_keys_get_function_list(AZIOT_KEYS_VERSION_2_1_0_0, &m->keys);
-        if (r != AZIOT_KEYS_RC_OK || !m->keys)
+        r = aziot_keys_get_function_list(AZIOT_KEYS_VERSION_2_1_0_0, &base);
+        if (r != AZIOT_KEYS_RC_OK || !base || base->version != AZIOT_KEYS_VERSION_2_1_0_0)
                 return log_error_errno(EIO, "The key store offers no function list 2.1.0.0.");
+        m->keys = (const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *)base;
+        m->handle_keys = (KeysHandleAziotKeys){
+                .create_key_if_not_exists = m->keys->create_key_if_not_exists,
+                .sign = m->keys->sign,
+        };
+        keys_handle_signer_from_aziot_keys(&m->signer, &m->handle_keys);
 
         *ret = TAKE_PTR(m);
         return 0;
@@ -179,7 +156,7 @@ static int run(uint64_t idle_usec)
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
 
-        r = manager_new(idle_usec, &m);
+        r = manager_new(&m);
         if (r < 0)
                 return r;
         r = manager_load_config(m);
@@ -189,17 +166,11 @@ static int run(uint64_t idle_usec)
         if (r < 0)
                 return r;
 
-        if (idle_usec > 0) {
-                r = sd_event_add_time_relative(m->event, &m->idle_timer, CLOCK_MONOTONIC, idle_usec,
-                                               0, on_idle, m);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to arm the idle timer: %m");
-        }
-
         log_info("Serving %s.", KEYS_BUS_NAME);
-        r = sd_event_loop(m->event);
+        r = bus_request_name_and_run_until_idle(m->event, m->bus, KEYS_BUS_NAME, idle_usec,
+                                                manager_busy, m);
         if (r < 0)
-                return log_error_errno(r, "Event loop failed: %m");
+                return log_error_errno(r, "Failed to serve %s: %m", KEYS_BUS_NAME);
         return 0;
 }
 

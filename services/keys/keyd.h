@@ -7,6 +7,7 @@
 #include "aziot-keys.h"
 #include "bus-caller.h"
 #include "config-watch.h"
+#include "keys-handle.h"
 #include "polkit.h"
 #include "principal.h"
 
@@ -19,9 +20,6 @@
 #define KEYS_ERROR_NOT_AUTHORIZED "org.aziot.Keys1.Error.NotAuthorized"
 #define KEYS_ERROR_FAILED "org.aziot.Keys1.Error.Failed"
 
-/* The key that signs handles: never loadable, creatable, importable or movable through the API. */
-#define HANDLE_VALIDATION_KEY_ID "handle-validation-key"
-
 typedef struct Manager {
         sd_event *event;
         sd_bus *bus;
@@ -29,13 +27,13 @@ typedef struct Manager {
         PolkitRegistry *polkit_registry;
         SenderUidCache sender_uids;
 
-        const AZIOT_KEYS_FUNCTION_LIST *keys;
+        const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *keys;
+        KeysHandleAziotKeys handle_keys; /* what the handle signer uses of the store */
+        KeysHandleSigner signer;
         PrincipalSet principals;
         ConfigWatch *config_watch;
 
         uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
-        uint64_t idle_usec;
-        sd_event_source *idle_timer;
 } Manager;
 
 int keys_dbus_register(Manager *m);
