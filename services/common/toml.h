@@ -26,6 +26,11 @@ typedef enum TomlType {
         _TOML_TYPE_MAX,
 } TomlType;
 
+/* The deepest nesting of arrays and tables the parser accepts (the root table is depth 0, a value
+ * stored in it depth 1). Deeper documents are rejected rather than parsed, so that the recursive
+ * parser and the recursive toml_value_free()/toml_value_dup() have a bounded stack. */
+#define TOML_MAX_DEPTH 128
+
 typedef struct TomlDatetime {
         int year, month, day;     /* unset (0) for TOML_TIME_LOCAL */
         int hour, minute, second; /* unset (0) for TOML_DATE_LOCAL */
@@ -94,9 +99,11 @@ const char *toml_type_to_string(TomlType t);
 TomlValue *toml_value_new(TomlType type);
 TomlValue *toml_value_new_string(const char *s, size_t len);
 TomlValue *toml_value_dup(const TomlValue *v);
-/* Sets key in a table, taking ownership of v; an existing value under that key is freed first. */
+/* Sets key in a table, taking ownership of v; an existing value under that key is freed first.
+ * Ownership passes only on success: on failure (-ENOMEM; -EINVAL when table is not a TOML_TABLE or
+ * v is NULL) v still belongs to the caller. */
 int toml_table_set(TomlValue *table, const char *key, size_t key_len, TomlValue *v);
-/* Appends to an array, taking ownership of v. */
+/* Appends to an array, taking ownership of v on success only (as toml_table_set()). */
 int toml_array_append(TomlValue *array, TomlValue *v);
 
 /* Lookup. NULL when absent or when the container is not of the right type. */
