@@ -51,7 +51,8 @@ static void test_missing_everything_is_empty(void **state)
 static void test_merge_rules(void **state)
 {
         _cleanup_toml_ TomlValue *root = NULL;
-        _cleanup_free_ char *m = path_of("config.toml"), *d = path_of("config.d");
+        _cleanup_free_ char *m = path_of("config.toml"), *d = path_of("config.d"),
+                            *sub = path_of("config.d/dir.toml");
         const TomlValue *t, *arr;
         const char *s;
         int64_t i;
@@ -68,7 +69,7 @@ static void test_merge_rules(void **state)
                                       "[[principal]]\nuid = 2\nkeys = [\"b\"]\n");
         put("config.d/b.toml.bak", "max_requests = 99\n");
         put("config.d/.hidden.toml", "max_requests = 98\n");
-        assert_int_equal(mkdir(path_of("config.d/dir.toml"), 0755), 0);
+        assert_int_equal(mkdir(sub, 0755), 0);
 
         assert_int_equal(config_load_files(m, d, &root, &err), 0);
 

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: MIT
+"""The aziot-dbus services on a test Stack (aziot_harness.Stack): what `./dev up`, `./dev bench` and
+the gateway tests run.
+
+    stack = aziot_harness.Stack(run_dir, source_dir, build_dir)
+    with stack:
+        services = KeysServices(stack)
+        services.start()                 # keyd (D-Bus activatable) + the gateway on keyd.sock
+        services.keyd_socket             # path of the HTTP socket
+
+State lives under run_dir: keyd's home in run_dir/keyd, its configuration in run_dir/config/keyd,
+sockets in run_dir/sockets.
+"""
+
+import os
+
+import aziot_harness
+
+KEYS_BUS_NAME = "org.aziot.Keys1"
+
+
+class KeysServices:
+    def __init__(self, stack, keyd_args=(), keyd_env=None, gateway_env=None, principals=()):
+        self.stack = stack
+        self.run_dir = stack.run_dir
+        self.build_dir = stack.build_dir
+        self.keyd_home = os.path.join(self.run_dir, "keyd")
+        self.config_dir = os.path.join(self.run_dir, "config", "keyd")
+        self.config_file = os.path.join(self.config_dir, "config.toml")
+        self.config_d = os.path.join(self.config_dir, "config.d")
+        self.socket_dir = os.path.join(self.run_dir, "sockets")
+        self.keyd_socket = os.path.join(self.socket_dir, "keyd.sock")
+        self.keyd_args = list(keyd_args)
+        self.keyd_env = dict(keyd_env or {})
+        self.gateway_env = dict(gateway_env or {})
+        self.principals = list(principals)
+        self.gateway = None
+
+    @property
+    def keyd_binary(self):
+        return os.path.join(self.build_dir, "services", "keys", "aziot-keyd")
+
+    @property
+    def gateway_binary(self):
+        return os.path.join(self.build_dir, "gateway", "aziot-gatewayd")
+
+    def config_env(self):
+        return {
+            "AZIOT_KEYD_CONFIG": self.config_file,
+            "AZIOT_KEYD_CONFIG_DIR": self.config_d,
+        }
+
+    def write_config(self, max_requests=None):
+        os.makedirs(self.keyd_home, mode=0o700, exist_ok=True)
+        os.makedirs(self.config_d, mode=0o700, exist_ok=True)
+        os.makedirs(self.socket_dir, mode=0o755, exist_ok=True)
+        lines = []
+        if max_requests is not None:
+            lines.append(f"max_requests = {int(max_requests)}")
+        lines += ["[aziot_keys]", f'homedir_path = "{self.keyd_home}"', ""]
+        for uid, globs in self.principals:
+            quoted = ", ".join(f'"{g}"' for g in globs)
+            lines += ["[[principal]]", f"uid = {int(uid)}", f"keys = [{quoted}]", ""]
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines))
+
+    def start(self, max_requests=None, gateway=True):
+        self.write_config(max_requests)
+        env = dict(self.config_env())
+        env.update(self.keyd_env)
+        self.stack.write_service_file(KEYS_BUS_NAME, [self.keyd_binary, *self.keyd_args], env=env)
+        if gateway:
+            self.start_gateway()
+
+    def start_gateway(self):
+        env = dict(self.config_env())
+        env.update(self.gateway_env)
+        self.gateway = self.stack.start_process(
+            "gateway", [self.gateway_binary, "--keyd-socket", self.keyd_socket], env=env)
+        aziot_harness._wait_until(lambda: os.path.exists(self.keyd_socket), 10,
+                                  "the gateway's keyd socket",
+                                  on_timeout=lambda: self.gateway.log())
+        return self.gateway
+
+    def describe(self):
+        sock = self.keyd_socket
+        return "\n".join([
+            f"  keyd        D-Bus activatable as {KEYS_BUS_NAME}, home {self.keyd_home}",
+            f"              config {self.config_file} (+ {self.config_d}/*.toml)",
+            f"  gateway     {sock}",
+            "",
+            "Try:",
+            f"  curl -s --unix-socket {sock} -X POST -H 'Content-Type: application/json' \\",
+            "       -d '{\"keyId\": \"demo\", \"usage\": \"sign\"}' \\",
+            "       'http://keyd.sock/key?api-version=2021-05-01'",
+            f"  curl -s --unix-socket {sock} -X POST -H 'Content-Type: application/json' \\",
+            "       -d '{\"keyHandle\": \"<keyHandle from above>\", \"algorithm\": \"HMAC-SHA256\", "
+            "\"parameters\": {\"message\": \"aGVsbG8=\"}}' \\",
+            "       'http://keyd.sock/sign?api-version=2021-05-01'",
+            "  busctl --system introspect org.aziot.Keys1 /org/aziot/Keys1",
+        ])
+
+
+def up(stack):
+    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs."""
+    services = KeysServices(stack)
+    services.start()
+    print(services.describe(), flush=True)
+    return services
