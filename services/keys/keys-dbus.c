@@ -65,7 +65,7 @@ static int read_option(sd_bus_message *m, const char *name, unsigned allowed, Ke
                 r = sd_bus_message_enter_container(m, 'v', "h");
                 if (r < 0)
                         return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                "Option \"client-socket\" must be of type h->");
+                                                "Option \"client-socket\" must be of type h.");
                 r = sd_bus_message_read(m, "h", &o->client_socket);
                 if (r < 0)
                         return r;
@@ -409,6 +409,17 @@ static int method_move_key_pair(sd_bus_message *msg, void *userdata, sd_bus_erro
         return sd_bus_reply_method_return(msg, NULL);
 }
 
+/* A derived key is HMAC-SHA256 over a symmetric base key. Upstream mints derived handles over key
+ * pairs too, but using one would take the pair's PEM file for key bytes, and let a value computed
+ * from the private key leave keyd. */
+static int require_symmetric_base(const KeysHandle *h, sd_bus_error *error)
+{
+        if (h->kind != KEYS_HANDLE_DERIVED || h->base_kind == KEYS_HANDLE_KEY)
+                return 0;
+        return reply_invalid_parameter(error, "handle",
+                                       keys_handle_error_to_string(KEYS_HANDLE_ERR_NOT_KEY));
+}
+
 /* Reads and verifies a handle argument. */
 static int read_handle(Manager *m, sd_bus_message *msg, const char *arg, KeysHandle **ret,
                        sd_bus_error *error)
@@ -619,6 +630,9 @@ static int method_export_derived_key(sd_bus_message *msg, void *userdata, sd_bus
         r = keys_handle_require(h, KEYS_HANDLE_DERIVED);
         if (r > 0)
                 return reply_invalid_parameter(error, "handle", keys_handle_error_to_string(r));
+        r = require_symmetric_base(h, error);
+        if (r < 0)
+                return r;
 
         rc = m->keys->derive_key(h->id, h->derivation_data, h->derivation_data_len, key, &len);
         if (rc != AZIOT_KEYS_RC_OK)
@@ -668,6 +682,9 @@ static int method_sign(sd_bus_message *msg, void *userdata, sd_bus_error *error)
         else
                 return reply_invalid_parameter(error, "mechanism",
                                                "mechanism cannot be used with this key type");
+        r = require_symmetric_base(h, error);
+        if (r < 0)
+                return r;
 
         id = h->id;
         if (h->kind == KEYS_HANDLE_DERIVED) {
@@ -734,6 +751,9 @@ static int crypt_common(sd_bus_message *msg, Manager *m, bool encrypt, sd_bus_er
         else
                 return reply_invalid_parameter(error, "mechanism",
                                                "mechanism cannot be used with this key type");
+        r = require_symmetric_base(h, error);
+        if (r < 0)
+                return r;
 
         if (h->kind == KEYS_HANDLE_DERIVED) {
                 derived = (AZIOT_KEYS_ENCRYPT_DERIVED_PARAMETERS){

@@ -24,7 +24,7 @@ What it runs, all under run_dir and nothing global, so stacks can run side by si
 
 Needs root (polkitd must start as root; users are switched with setpriv) and the right to create a
 mount namespace (CAP_SYS_ADMIN). It never writes to /usr/share or /etc, except /etc/passwd and
-/etc/group through useradd in ensure_test_users().
+/etc/group through useradd in ensure_test_users() and groupadd in ensure_group().
 
 Every process is started by pid, logged to run_dir/logs/NAME.log, and stopped and reaped by
 stop(); an atexit hook and a SIGTERM/SIGHUP handler stop stacks a failing test leaves behind.
@@ -35,6 +35,7 @@ import argparse
 import atexit
 import errno
 import fcntl
+import grp
 import os
 import pwd
 import runpy
@@ -99,9 +100,7 @@ def ensure_test_users(names=TEST_USERS):
                                "create them")
         return {n: pwd.getpwnam(n) for n in names}
 
-    lock_path = USERS_LOCK if os.path.isdir(os.path.dirname(USERS_LOCK)) else \
-        "/tmp/aziot-test-users.lock"
-    with open(lock_path, "a") as lock:
+    with open(_users_lock_path(), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for name in names:
             if _getpwnam(name):
@@ -112,6 +111,42 @@ def ensure_test_users(names=TEST_USERS):
             if result.returncode != 0 and not _getpwnam(name):
                 raise HarnessError(f"useradd {name} failed: {result.stderr.strip()}")
     return {n: pwd.getpwnam(n) for n in names}
+
+
+def ensure_group(name):
+    """Creates the system group name when it does not exist yet (groupadd --system).
+
+    Idempotent and safe when several test processes call it at once (the lock of
+    ensure_test_users() serialises every change to /etc/group). Returns the grp entry. Like the
+    users, call it before Stack.start(): dbus-daemon ignores a <policy group="…"> naming a group
+    that does not exist when it loads its configuration.
+    """
+    if _getgrnam(name):
+        return grp.getgrnam(name)
+    if os.geteuid() != 0:
+        raise HarnessError(f"group {name} is missing and only root can create it")
+
+    with open(_users_lock_path(), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _getgrnam(name):
+            result = subprocess.run(["groupadd", "--system", name], capture_output=True,
+                                    text=True)
+            if result.returncode != 0 and not _getgrnam(name):
+                raise HarnessError(f"groupadd {name} failed: {result.stderr.strip()}")
+    return grp.getgrnam(name)
+
+
+def _users_lock_path():
+    """The lock ensure_test_users() takes (the same path, so both serialise)."""
+    return USERS_LOCK if os.path.isdir(os.path.dirname(USERS_LOCK)) else \
+        "/tmp/aziot-test-users.lock"
+
+
+def _getgrnam(name):
+    try:
+        return grp.getgrnam(name)
+    except KeyError:
+        return None
 
 
 def _getpwnam(name):

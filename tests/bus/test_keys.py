@@ -1,0 +1,1817 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""aziot-keyd over D-Bus: the real daemon on a private system bus with our restrictive policy
+(dbus/org.aziot.Keys1.conf) and the real polkitd with polkit/org.aziot.keys.policy.
+
+Every result is checked against an independent computation in this process (Python's hmac,
+python-cryptography, the upstream file and handle formats of spec §2.5-§2.8), never against keyd
+itself. Clients other than root run as the harness users in their own processes (a small helper
+speaking JSON lines on stdin/stdout), so the bus and keyd see their real uids and groups.
+
+Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOT_KEYD.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import unittest
+import xml.etree.ElementTree as ET
+
+SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+KEYD = os.environ.get("AZIOT_KEYD") or os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
+XML_PATH = os.path.join(SOURCE_DIR, "dbus", "org.aziot.Keys1.xml")
+
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+import aziot_harness  # noqa: E402
+
+import dbus  # noqa: E402
+import dbus.lowlevel  # noqa: E402
+from cryptography.exceptions import InvalidSignature  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+INVALID_PARAMETER = "org.aziot.Keys1.Error.InvalidParameter"
+NOT_FOUND = "org.aziot.Keys1.Error.NotFound"
+NOT_AUTHORIZED = "org.aziot.Keys1.Error.NotAuthorized"
+FAILED = "org.aziot.Keys1.Error.Failed"
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+
+# Messages of the handlers (services/keys/keys-dbus.c, keys-handle.c), in upstream's wording.
+BAD_VALUE = "a parameter has an invalid value"
+INTERNAL = "internal error"
+
+
+def bad_param(name, cause):
+    return f'parameter "{name}" has an invalid value\ncaused by: {cause}'
+
+
+INVALID_HANDLE = bad_param("handle", "invalid handle")
+BAD_MECHANISM = bad_param("mechanism", "mechanism cannot be used with this key type")
+NOT_A_KEY = bad_param("handle", "handle is not for a key")
+NOT_A_KEY_PAIR = bad_param("handle", "handle is not for a key pair")
+NOT_DERIVED = bad_param("handle", "handle is not for a derived key")
+NESTED = bad_param("handle",
+                   "nested derived keys are not supported, import the outer derived key first")
+RESERVED = bad_param("handle", "the key handle-validation-key is reserved")
+BAD_SOCKET = bad_param("client-socket", "not a connected Unix socket")
+
+HVK = "handle-validation-key"
+KEYS_GROUP = "aziotks"
+USER_A, USER_B = aziot_harness.TEST_USERS
+PYTHON = "/usr/bin/python3"
+CALL_TIMEOUT = 20
+OPTS = {}  # no options
+RELOAD_TIMEOUT = 10
+
+KEY_FILE_RE = re.compile(r"^[A-Za-z0-9]*-[0-9a-f]{64}\.key$")
+ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+P256_OID_DER = bytes.fromhex("06082a8648ce3d030107")  # 1.2.840.10045.3.1.7, DER
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+# ---------------------------------------------------------------------------------------------
+# The client: the same code calls keyd in this process (as root) and in the helper processes
+# that run as the test users. Arguments and results cross the helper's pipe as JSON, bytes and
+# file descriptors tagged.
+
+CLIENT_LIB = r'''
+import base64, json, os
+import dbus
+
+KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
+IN_SIGNATURES = {
+    "CreateKeyIfNotExists": "sasa{sv}", "ImportKey": "sayasa{sv}", "LoadKey": "sa{sv}",
+    "DeleteKey": "sa{sv}", "CreateKeyPairIfNotExists": "sasa{sv}", "LoadKeyPair": "sa{sv}",
+    "MoveKeyPair": "ssa{sv}", "DeleteKeyPair": "sa{sv}", "GetKeyPairPublicParameter": "ssa{sv}",
+    "CreateDerivedKey": "saya{sv}", "ExportDerivedKey": "sa{sv}", "Sign": "ssaya{sv}",
+    "Encrypt": "ssaya{sv}", "Decrypt": "ssaya{sv}",
+    "org.freedesktop.DBus.Introspectable.Introspect": "", "org.freedesktop.DBus.Peer.Ping": "",
+    "org.freedesktop.DBus.Properties.GetAll": "s",
+}
+
+
+class Fd:
+    """A file descriptor number, passed as a D-Bus unix fd (h)."""
+    def __init__(self, n):
+        self.n = n
+
+
+def to_dbus(v):
+    if isinstance(v, (bytes, bytearray)):
+        return dbus.ByteArray(bytes(v))
+    if isinstance(v, Fd):
+        return dbus.types.UnixFd(v.n)
+    if isinstance(v, dict):
+        return dbus.Dictionary({k: to_dbus(x) for k, x in v.items()}, signature="sv")
+    if isinstance(v, list):
+        return [to_dbus(x) for x in v]
+    return v
+
+
+def from_dbus(v):
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [from_dbus(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): from_dbus(x) for k, x in v.items()}
+    return v
+
+
+def encode(v):
+    if isinstance(v, (bytes, bytearray)):
+        return {"$b": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, Fd):
+        return {"$fd": v.n}
+    if isinstance(v, dict):
+        return {"$d": {k: encode(x) for k, x in v.items()}}
+    if isinstance(v, (list, tuple)):
+        return [encode(x) for x in v]
+    return v
+
+
+def decode(v):
+    if isinstance(v, dict) and "$b" in v:
+        return base64.b64decode(v["$b"])
+    if isinstance(v, dict) and "$fd" in v:
+        return Fd(v["$fd"])
+    if isinstance(v, dict) and "$d" in v:
+        return {k: decode(x) for k, x in v["$d"].items()}
+    if isinstance(v, list):
+        return [decode(x) for x in v]
+    return v
+
+
+def call(conn, method, args, signature=None, timeout=20):
+    """{"ok": result} or {"error": name, "message": text}."""
+    iface, member = (method.rsplit(".", 1) if "." in method else (KEYS_IFACE, method))
+    if signature is None:
+        signature = IN_SIGNATURES.get(method)
+    try:
+        result = conn.call_blocking(KEYS_NAME, KEYS_PATH, iface, member, signature,
+                                    [to_dbus(a) for a in args], timeout=timeout,
+                                    byte_arrays=True)
+        return {"ok": from_dbus(result)}
+    except dbus.DBusException as e:
+        return {"error": e.get_dbus_name(), "message": e.get_dbus_message()}
+'''
+
+HELPER = CLIENT_LIB + r'''
+import sys
+conn = dbus.bus.BusConnection(os.environ["DBUS_SYSTEM_BUS_ADDRESS"])
+print(json.dumps({"ready": str(conn.get_unique_name())}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    outcome = call(conn, request["method"], decode(request["args"]), request.get("signature"),
+                   request["timeout"])
+    if "ok" in outcome:
+        outcome["ok"] = encode(outcome["ok"])
+    print(json.dumps(outcome), flush=True)
+'''
+
+# The same code, as a module of this process.
+keys_client = types.ModuleType("keys_client")
+exec(CLIENT_LIB, keys_client.__dict__)
+Fd = keys_client.Fd
+KEYS_NAME, KEYS_PATH, KEYS_IFACE = keys_client.KEYS_NAME, keys_client.KEYS_PATH, \
+    keys_client.KEYS_IFACE
+
+# Connects to an abstract Unix socket and stays there until the other end closes it.
+PEER = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\0" + sys.argv[1])
+s.recv(1)
+"""
+
+
+class CallError(Exception):
+    def __init__(self, name, message):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def unwrap(outcome):
+    if "error" in outcome:
+        raise CallError(outcome["error"], outcome["message"])
+    return outcome["ok"]
+
+
+class RootClient:
+    """Calls keyd as root from this process."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def call(self, method, *args, signature=None, timeout=CALL_TIMEOUT):
+        return unwrap(keys_client.call(self.conn, method, list(args), signature, timeout))
+
+
+class UserClient:
+    """Calls keyd from a helper process running as another user (with the given groups and
+    inherited file descriptors)."""
+
+    def __init__(self, stack, user, groups, pass_fds, log_path):
+        self.user = user
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.popen = stack.popen_as(user, [PYTHON, "-c", HELPER], groups=groups,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=log, text=True, pass_fds=tuple(pass_fds))
+        self.unique_name = self._read(10)["ready"]
+
+    def call(self, method, *args, signature=None, timeout=CALL_TIMEOUT):
+        request = {"method": method, "args": keys_client.encode(list(args)),
+                   "signature": signature, "timeout": timeout}
+        self.popen.stdin.write(json.dumps(request) + "\n")
+        self.popen.stdin.flush()
+        outcome = self._read(timeout + 5)
+        if "ok" in outcome:
+            outcome["ok"] = keys_client.decode(outcome["ok"])
+        return unwrap(outcome)
+
+    def _read(self, timeout):
+        ready, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        line = self.popen.stdout.readline() if ready else None
+        if not line:
+            raise AssertionError(f"the client running as {self.user} did not answer:\n"
+                                 f"{aziot_harness._read_text(self.log_path)}")
+        return json.loads(line)
+
+    def close(self):
+        self.popen.stdin.close()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self.popen.stdout.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent computations
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def hmac256(key, data):
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def key_file_name(key_id):
+    """Spec §2.8: the id's ASCII letters and digits, '-', the hex SHA-256 of the id, '.key'."""
+    alnum = "".join(c for c in key_id if c in ALNUM)
+    return f"{alnum}-{hashlib.sha256(key_id.encode()).hexdigest()}.key"
+
+
+def handle_parts(handle):
+    """Spec §2.5: (sr bytes, sig bytes, sr as JSON) of a handle string."""
+    fields = dict(part.split("=", 1) for part in handle.split("&"))
+    sr = base64.b64decode(fields["sr"], validate=True)
+    sig = base64.b64decode(fields["sig"], validate=True)
+    return sr, sig, json.loads(sr)
+
+
+def make_handle(validation_key, key_id):
+    """A handle built by upstream's algorithm (spec §2.5) for key_id, a serde KeyId value."""
+    sr = json.dumps({"key_id": key_id, "nonce": b64(os.urandom(64))},
+                    separators=(",", ":")).encode()
+    return f"sr={b64(sr)}&sig={b64(hmac256(validation_key, sr))}"
+
+
+def with_sig(handle, sig):
+    sr_field = handle.split("&")[0]
+    return f"{sr_field}&sig={b64(sig)}"
+
+
+def mgf1_sha256(seed, length):
+    out = b""
+    for counter in range((length + 31) // 32):
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+    return out[:length]
+
+
+def emsa_pss_encode_sha256(message, modulus_bits, salt_len=32):
+    """RFC 8017 §9.1.1, as OpenSSL pads a PSS signature before a raw RSA operation."""
+    em_bits = modulus_bits - 1
+    em_len = (em_bits + 7) // 8
+    salt = os.urandom(salt_len)
+    h = hashlib.sha256(b"\0" * 8 + hashlib.sha256(message).digest() + salt).digest()
+    db = b"\0" * (em_len - salt_len - 32 - 2) + b"\x01" + salt
+    masked = bytes(a ^ b for a, b in zip(db, mgf1_sha256(h, em_len - 32 - 1)))
+    masked = bytes([masked[0] & (0xff >> (8 * em_len - em_bits))]) + masked[1:]
+    em = masked + h + b"\xbc"
+    # The raw operation takes a block as long as the modulus.
+    return em.rjust((modulus_bits + 7) // 8, b"\0")
+
+
+def compressed_point(public_key):
+    return public_key.public_bytes(serialization.Encoding.X962,
+                                   serialization.PublicFormat.CompressedPoint)
+
+
+def tree_listing(root, exclude):
+    """Every path below root (relative), except exclude and what is below it."""
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        if os.path.abspath(dirpath) == os.path.abspath(exclude):
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.abspath(path) != os.path.abspath(exclude):
+                found.add(os.path.relpath(path, root))
+    return found
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def outcome_of(fn):
+    """(error name, message) of a call, or None when it succeeded."""
+    try:
+        fn()
+        return None
+    except CallError as e:
+        return (e.name, e.message)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixture
+
+
+class KeydState:
+    """A keyd configuration and home, below dir."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        self.home = os.path.join(directory, "home")
+        self.keys_dir = os.path.join(self.home, "keys")
+        self.config = os.path.join(directory, "config.toml")
+        self.config_dir = os.path.join(directory, "config.d")
+        os.makedirs(self.config_dir)
+        self.write_config()
+
+    def write_config(self, extra=""):
+        with open(self.config, "w") as f:
+            f.write(f'[aziot_keys]\nhomedir_path = "{self.home}"\n{extra}')
+
+    def env(self):
+        return {"AZIOT_KEYD_CONFIG": self.config, "AZIOT_KEYD_CONFIG_DIR": self.config_dir,
+                "AZIOT_LOG": "debug"}
+
+    def key_path(self, key_id):
+        return os.path.join(self.keys_dir, key_file_name(key_id))
+
+    def read_key(self, key_id):
+        with open(self.key_path(key_id), "rb") as f:
+            return f.read()
+
+    def write_principals(self, name, entries):
+        """config.d/NAME.toml with [[principal]] entries [(uid, [globs])], renamed in whole."""
+        text = "".join(f"[[principal]]\nuid = {uid}\nkeys = {json.dumps(globs)}\n\n"
+                       for uid, globs in entries)
+        tmp = os.path.join(self.dir, f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.config_dir, f"{name}.toml"))
+
+    def remove_principals(self, name):
+        os.unlink(os.path.join(self.config_dir, f"{name}.toml"))
+
+
+class KeydTestCase(unittest.TestCase):
+    """One stack (bus, polkitd) per class. keyd_scope "test": a fresh keyd with a fresh home for
+    every test; "class": one keyd for the whole class; None: the test starts what it needs."""
+
+    keyd_scope = "test"
+    keyd_env = {}
+
+    @classmethod
+    def setUpClass(cls):
+        if not os.access(KEYD, os.X_OK):
+            raise unittest.SkipTest(f"{KEYD} is not built")
+        cls.users = aziot_harness.ensure_test_users()
+        aziot_harness.ensure_group(KEYS_GROUP)
+        cls.uid_a = cls.users[USER_A].pw_uid
+        cls.uid_b = cls.users[USER_B].pw_uid
+        cls.run_dir = tempfile.mkdtemp(prefix="aziot-keys-")
+        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
+        cls.failed = False
+        cls.serial = 0
+        cls.class_keyd = None
+        try:
+            cls.stack.start()
+            cls.root = RootClient(cls.stack.bus())
+            cls.prepare_class()
+            if cls.keyd_scope == "class":
+                cls.class_state = cls.new_state()
+                cls.class_keyd = cls.start_keyd(cls.class_state)
+                cls.prepare_class_keys()
+        except BaseException:
+            cls.stack.stop()
+            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+        if cls.failed:
+            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(cls.run_dir, ignore_errors=True)
+
+    @classmethod
+    def prepare_class(cls):
+        """Class-wide preparation before any keyd starts."""
+
+    @classmethod
+    def prepare_class_keys(cls):
+        """With keyd_scope "class": creates the keys the tests share."""
+
+    @classmethod
+    def new_state(cls):
+        cls.serial += 1
+        return KeydState(os.path.join(cls.run_dir, f"t{cls.serial}"))
+
+    @classmethod
+    def start_keyd(cls, state, idle_timeout=0):
+        return cls.stack.start_process("keyd", [KEYD, f"--idle-timeout={idle_timeout}"],
+                                       env={**state.env(), **cls.keyd_env},
+                                       wait_bus_name=KEYS_NAME)
+
+    def setUp(self):
+        self.clients = []
+        self.peers = []
+        self.rules = []
+        self.keyd_killed = False
+        if self.keyd_scope == "class":
+            self.state = self.class_state
+            self.keyd = self.class_keyd
+        else:
+            self.state = self.new_state()
+            self.prepare_state(self.state)
+            self.keyd = self.start_keyd(self.state) if self.keyd_scope == "test" else None
+
+    def tearDown(self):
+        for client in self.clients:
+            client.close()
+        for peer, conn in self.peers:
+            conn.close()
+            peer.wait(10)
+        for name in self.rules:
+            self.stack.remove_rules(name)
+        if self.keyd_scope == "class":
+            self.assertKeydAlive()
+        elif "keyd" in self.stack.processes:
+            status = self.stack.stop_process("keyd")
+            if not self.keyd_killed:
+                self.assertEqual(status, 0, "keyd did not exit cleanly on SIGTERM")
+
+    def run(self, result=None):
+        def problems(r):
+            return len(r.failures) + len(r.errors) if r is not None else 0
+        before = problems(result)
+        result = super().run(result)
+        if problems(result) > before:
+            type(self).failed = True  # keep this class's logs
+        return result
+
+    def prepare_state(self, state):
+        """Per-test preparation of the home and configuration before keyd starts."""
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def call(self, method, *args, **kwargs):
+        return self.root.call(method, *args, **kwargs)
+
+    def client_as(self, user, groups=(KEYS_GROUP,), pass_fds=()):
+        client = UserClient(self.stack, user, list(groups) if groups is not None else None,
+                            pass_fds, os.path.join(self.state.dir,
+                                                   f"client-{len(self.clients)}.log"))
+        self.clients.append(client)
+        return client
+
+    def assertFails(self, name, message, client, method, *args, **kwargs):
+        with self.assertRaises(CallError, msg=f"{method}{args!r} succeeded") as cm:
+            client.call(method, *args, **kwargs)
+        self.assertEqual(cm.exception.name, name, f"{method}: {cm.exception}")
+        if message is not None:
+            self.assertEqual(cm.exception.message, message, method)
+
+    def assertKeydAlive(self):
+        self.assertTrue(self.keyd.alive(), "keyd died")
+        owner = self.stack.bus().call_blocking(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID", "s", (KEYS_NAME,))
+        self.assertEqual(owner, self.keyd.pid, "org.aziot.Keys1 is owned by another process")
+        self.assertIsInstance(self.call("CreateKeyIfNotExists", "alive-check", ["sign"], {}), str)
+
+    def add_rules(self, js):
+        name = f"50-{self.id().rsplit('.', 1)[-1]}-{len(self.rules)}"
+        self.stack.add_rules(name, js)
+        self.rules.append(name)
+        return name
+
+    def peer_as(self, user):
+        """A process running as user, connected to a socket we accept: (popen, our end)."""
+        address = f"aziot-keys-test-{secrets.token_hex(8)}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind("\0" + address)
+            server.listen(1)
+            server.settimeout(10)
+            peer = self.stack.popen_as(user, [PYTHON, "-c", PEER, address])
+            conn, _ = server.accept()
+        self.peers.append((peer, conn))
+        return peer, conn
+
+    def wait_for_outcome(self, fn, expected, what):
+        """Polls fn until its outcome (None = success, or (error name, message)) is expected:
+        principals are reloaded a moment after their file changes."""
+        last = []
+
+        def reached():
+            last[:] = [outcome_of(fn)]
+            return last[0] == expected
+        try:
+            wait_until(reached, RELOAD_TIMEOUT, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last outcome {last[0]!r}") from None
+
+    def public_parameter(self, handle, name, client=None):
+        return (client or self.root).call("GetKeyPairPublicParameter", handle, name, {})
+
+    def ec_public_key(self, handle, client=None):
+        """The public key rebuilt from ec-curve-oid and ec-point only."""
+        self.assertEqual(self.public_parameter(handle, "algorithm", client), "ECDSA")
+        self.assertEqual(self.public_parameter(handle, "ec-curve-oid", client), P256_OID_DER)
+        point = self.public_parameter(handle, "ec-point", client)
+        self.assertEqual(len(point), 33)
+        self.assertIn(point[0], (2, 3))  # compressed
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+
+    def rsa_public_key(self, handle):
+        self.assertEqual(self.public_parameter(handle, "algorithm"), "RSA")
+        n = int.from_bytes(self.public_parameter(handle, "rsa-modulus"), "big")
+        e = int.from_bytes(self.public_parameter(handle, "rsa-exponent"), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+
+    def assertEcdsaVerifies(self, public_key, handle, client=None):
+        for data in (b"", b"message", os.urandom(5000)):
+            digest = hashlib.sha256(data).digest()
+            sig = (client or self.root).call("Sign", handle, "ECDSA", digest, {})
+            utils.decode_dss_signature(sig)  # DER ECDSA-Sig-Value, not raw r||s
+            public_key.verify(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            with self.assertRaises(InvalidSignature):
+                public_key.verify(sig, hashlib.sha256(data + b"x").digest(),
+                                  ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+    def assertRsaSignsPkcs1(self, public_key, handle):
+        modulus_len = (public_key.key_size + 7) // 8
+        for data in (b"", b"message", os.urandom(3000)):
+            digest_info = SHA256_DIGEST_INFO + hashlib.sha256(data).digest()
+            sig = self.call("Encrypt", handle, "RSA-PKCS1", digest_info, {})
+            self.assertEqual(len(sig), modulus_len)
+            public_key.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+
+    def assertRsaSignsPss(self, public_key, handle):
+        numbers = public_key.public_numbers()
+        for data in (b"message", os.urandom(3000)):
+            block = emsa_pss_encode_sha256(data, public_key.key_size)
+            sig = self.call("Encrypt", handle, "RSA-NO-PADDING", block, {})
+            self.assertEqual(len(sig), len(block))
+            self.assertEqual(pow(int.from_bytes(sig, "big"), numbers.e, numbers.n),
+                             int.from_bytes(block, "big"))
+            public_key.verify(sig, data, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                              hashes.SHA256())
+
+    def assertKeyFile(self, key_id, content=None):
+        """The key's file is where spec §2.8 puts it, mode 0600; returns its bytes."""
+        path = self.state.key_path(key_id)
+        st = os.stat(path)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600, path)
+        data = self.state.read_key(key_id)
+        if content is not None:
+            self.assertEqual(data, content)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Every method, checked against independent computation
+
+
+class SymmetricKeyTest(KeydTestCase):
+    """CreateKeyIfNotExists, ImportKey, LoadKey, DeleteKey, Sign (HMAC), Encrypt/Decrypt (AEAD),
+    derived keys; the file layout of symmetric keys."""
+
+    def test_imported_key_signs_like_python_hmac(self):
+        for key in (os.urandom(32), os.urandom(7), os.urandom(100)):  # any length for HMAC
+            handle = self.call("ImportKey", "hmac-key", key, ["sign"], OPTS)
+            for data in (b"", b"hello", os.urandom(4000)):
+                self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", data, OPTS),
+                                 hmac256(key, data))
+            self.assertKeyFile("hmac-key", key)
+
+    def test_generated_key_is_32_random_bytes_in_a_private_file(self):
+        h1 = self.call("CreateKeyIfNotExists", "gen-1", ["derive", "sign"], OPTS)
+        h2 = self.call("CreateKeyIfNotExists", "gen-2", ["encrypt"], OPTS)
+        k1, k2 = self.assertKeyFile("gen-1"), self.assertKeyFile("gen-2")
+        self.assertEqual((len(k1), len(k2)), (32, 32))
+        self.assertNotEqual(k1, k2)
+        self.assertEqual(stat.S_IMODE(os.stat(self.state.keys_dir).st_mode), 0o700)
+        self.assertEqual(sorted(os.listdir(self.state.keys_dir)),
+                         sorted([key_file_name("gen-1"), key_file_name("gen-2"),
+                                 key_file_name(HVK)]))
+        self.assertEqual(self.call("Sign", h1, "HMAC-SHA256", b"data", OPTS),
+                         hmac256(k1, b"data"))
+        iv, aad = os.urandom(12), b"aad"
+        self.assertEqual(self.call("Encrypt", h2, "AEAD", b"secret", {"iv": iv, "aad": aad}),
+                         b"\x02" + AESGCM(k2).encrypt(iv, b"secret", aad))
+
+    def test_every_usage_is_accepted(self):
+        for usage in (["derive"], ["encrypt"], ["sign"], ["derive", "encrypt", "sign"],
+                      ["sign", "sign"]):
+            self.assertIsInstance(self.call("CreateKeyIfNotExists", "usage-key", usage, OPTS),
+                                  str)
+            self.assertIsInstance(
+                self.call("ImportKey", "usage-import", os.urandom(32), usage, OPTS), str)
+
+    def test_create_key_if_not_exists_keeps_an_existing_key(self):
+        key = os.urandom(32)
+        self.call("ImportKey", "existing", key, ["sign"], OPTS)
+        handle = self.call("CreateKeyIfNotExists", "existing", ["sign"], OPTS)
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS), hmac256(key, b"m"))
+        self.assertKeyFile("existing", key)
+        self.call("CreateKeyIfNotExists", "generated", ["sign"], OPTS)
+        first = self.state.read_key("generated")
+        self.call("CreateKeyIfNotExists", "generated", ["encrypt"], OPTS)
+        self.assertEqual(self.state.read_key("generated"), first)
+
+    def test_empty_key_file_counts_as_missing_for_creation(self):
+        # Spec §2.8: an empty file is "missing" during create, an error during use.
+        handle = self.call("ImportKey", "empty", b"", ["sign"], OPTS)
+        self.assertKeyFile("empty", b"")
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Sign", handle, "HMAC-SHA256",
+                         b"m", OPTS)
+        self.assertFails(NOT_FOUND, "key empty does not exist", self.root, "LoadKey", "empty",
+                         OPTS)
+        handle = self.call("CreateKeyIfNotExists", "empty", ["sign"], OPTS)
+        key = self.assertKeyFile("empty")
+        self.assertEqual(len(key), 32)
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS), hmac256(key, b"m"))
+
+    def test_import_key_overwrites_and_old_handles_follow(self):
+        a, b = os.urandom(32), os.urandom(32)
+        h_a = self.call("ImportKey", "rotated", a, ["sign"], OPTS)
+        h_b = self.call("ImportKey", "rotated", b, ["sign"], OPTS)
+        self.assertKeyFile("rotated", b)
+        # A handle names the key id, not the material.
+        for handle in (h_a, h_b):
+            self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                             hmac256(b, b"m"))
+
+    def test_load_key_returns_fresh_handles_in_upstream_format(self):
+        key = os.urandom(32)
+        self.call("ImportKey", "loaded", key, ["sign"], OPTS)
+        h1 = self.call("LoadKey", "loaded", OPTS)
+        h2 = self.call("LoadKey", "loaded", OPTS)
+        self.assertNotEqual(h1, h2)
+        hvk = self.state.read_key(HVK)
+        self.assertEqual(len(hvk), 32)
+        for handle in (h1, h2):
+            self.assertRegex(handle, r"^sr=[A-Za-z0-9+/]+=*&sig=[A-Za-z0-9+/]{43}=$")
+            sr, sig, sr_json = handle_parts(handle)
+            self.assertEqual(sig, hmac256(hvk, sr))
+            self.assertEqual(list(sr_json), ["key_id", "nonce"])
+            self.assertEqual(sr_json["key_id"], {"Key": "loaded"})
+            self.assertEqual(len(base64.b64decode(sr_json["nonce"], validate=True)), 64)
+            self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                             hmac256(key, b"m"))
+
+    def test_delete_key_is_idempotent(self):
+        handle = self.call("ImportKey", "doomed", os.urandom(32), ["sign"], OPTS)
+        self.assertIsNone(self.call("DeleteKey", handle, OPTS))
+        self.assertFalse(os.path.exists(self.state.key_path("doomed")))
+        self.assertIsNone(self.call("DeleteKey", handle, OPTS))
+        self.assertFails(NOT_FOUND, "key doomed does not exist", self.root, "LoadKey", "doomed",
+                         OPTS)
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Sign", handle, "HMAC-SHA256",
+                         b"m", OPTS)
+
+    def test_aead_ciphertext_is_version_2_aes_256_gcm(self):
+        key = os.urandom(32)
+        handle = self.call("ImportKey", "aead", key, ["encrypt"], OPTS)
+        for iv, aad, plaintext in ((os.urandom(12), b"aad", b"hello"),
+                                   (os.urandom(16), b"", os.urandom(1000)),
+                                   (os.urandom(12), os.urandom(300), b"")):
+            ct = self.call("Encrypt", handle, "AEAD", plaintext, {"iv": iv, "aad": aad})
+            self.assertEqual(len(ct), 1 + len(plaintext) + 16)
+            self.assertEqual(ct[0], 2)
+            self.assertEqual(AESGCM(key).decrypt(iv, ct[1:], aad), plaintext)
+            self.assertEqual(ct, b"\x02" + AESGCM(key).encrypt(iv, plaintext, aad))
+            self.assertEqual(self.call("Decrypt", handle, "AEAD", ct, {"iv": iv, "aad": aad}),
+                             plaintext)
+
+    def test_aead_decrypts_version_2_and_version_1_made_here(self):
+        key = os.urandom(32)
+        handle = self.call("ImportKey", "aead-in", key, ["encrypt"], OPTS)
+        iv, aad, plaintext = os.urandom(12), b"context", os.urandom(77)
+        body_and_tag = AESGCM(key).encrypt(iv, plaintext, aad)
+        v2 = b"\x02" + body_and_tag
+        v1 = b"\x01" + body_and_tag[-16:] + body_and_tag[:-16]
+        for ct in (v2, v1):
+            self.assertEqual(self.call("Decrypt", handle, "AEAD", ct, {"iv": iv, "aad": aad}),
+                             plaintext)
+
+    def test_derived_keys_are_hmac_of_base_and_data(self):
+        base = os.urandom(32)
+        base_handle = self.call("ImportKey", "master", base, ["derive"], OPTS)
+        for data in (b"module-1:gen:primary", b"", os.urandom(200)):
+            derived = hmac256(base, data)
+            handle = self.call("CreateDerivedKey", base_handle, data, OPTS)
+            sr, _, sr_json = handle_parts(handle)
+            self.assertEqual(sr_json["key_id"], {"Derived": [base_handle, list(data)]})
+            self.assertEqual(self.call("ExportDerivedKey", handle, OPTS), derived)
+            self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"sas", OPTS),
+                             hmac256(derived, b"sas"))
+            iv, aad = os.urandom(12), b"a"
+            ct = self.call("Encrypt", handle, "AEAD", b"plain", {"iv": iv, "aad": aad})
+            self.assertEqual(ct, b"\x02" + AESGCM(derived).encrypt(iv, b"plain", aad))
+            mine = b"\x02" + AESGCM(derived).encrypt(iv, b"mine", aad)
+            self.assertEqual(self.call("Decrypt", handle, "AEAD", mine, {"iv": iv, "aad": aad}),
+                             b"mine")
+        # Nothing is stored for a derived key.
+        self.assertEqual(sorted(os.listdir(self.state.keys_dir)),
+                         sorted([key_file_name("master"), key_file_name(HVK)]))
+
+    def test_key_material_never_reaches_the_log(self):
+        key = os.urandom(32)
+        handle = self.call("ImportKey", "secret", key, ["sign", "encrypt"], OPTS)
+        derived = self.call("ExportDerivedKey",
+                            self.call("CreateDerivedKey", handle, b"d", OPTS), OPTS)
+        iv = os.urandom(12)
+        ct = self.call("Encrypt", handle, "AEAD", b"plaintext-marker", {"iv": iv, "aad": b""})
+        self.call("Decrypt", handle, "AEAD", ct, {"iv": iv, "aad": b""})
+        log = self.keyd.log()
+        self.assertIn("Imported key secret", log)
+        for secret in (key, derived):
+            for form in (secret.hex(), b64(secret), secret.hex().upper()):
+                self.assertNotIn(form, log)
+        self.assertNotIn("plaintext-marker", log)
+
+
+class KeyPairTest(KeydTestCase):
+    """CreateKeyPairIfNotExists (each algorithm), LoadKeyPair, GetKeyPairPublicParameter, Sign
+    (ECDSA), Encrypt (RSA-PKCS1, RSA-NO-PADDING), MoveKeyPair, DeleteKeyPair; PEM files."""
+
+    def load_pem(self, key_id):
+        data = self.assertKeyFile(key_id)
+        self.assertTrue(data.startswith(b"-----BEGIN PRIVATE KEY-----\n"), data[:40])  # PKCS#8
+        return serialization.load_pem_private_key(data, password=None)
+
+    def test_ec_p256_signs_ecdsa_verifiable_from_the_public_parameters(self):
+        handle = self.call("CreateKeyPairIfNotExists", "ec", ["ec-p256"], OPTS)
+        public_key = self.ec_public_key(handle)
+        self.assertEcdsaVerifies(public_key, handle)
+        private = self.load_pem("ec")
+        self.assertIsInstance(private.curve, ec.SECP256R1)
+        self.assertEqual(compressed_point(private.public_key()), compressed_point(public_key))
+        # A 48-byte digest (SHA-384) is taken as given, as OpenSSL does.
+        digest = hashlib.sha384(b"m").digest()
+        sig = self.call("Sign", handle, "ECDSA", digest, OPTS)
+        public_key.verify(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA384())))
+
+    def test_default_algorithms_are_ec_p256_then_rsa_2048(self):
+        for key_id, algorithms, expected in (("dflt", [], "ECDSA"), ("star", ["*"], "ECDSA"),
+                                             ("rsa-first", ["rsa-2048", "ec-p256"], "RSA"),
+                                             ("unknown-skipped", ["dsa", "rsa-2048"], "RSA")):
+            handle = self.call("CreateKeyPairIfNotExists", key_id, algorithms, OPTS)
+            self.assertEqual(self.public_parameter(handle, "algorithm"), expected, key_id)
+
+    def test_rsa_2048_signs_pkcs1_and_pss(self):
+        handle = self.call("CreateKeyPairIfNotExists", "rsa2k", ["rsa-2048"], OPTS)
+        public_key = self.rsa_public_key(handle)
+        self.assertEqual(public_key.key_size, 2048)
+        self.assertEqual(self.public_parameter(handle, "rsa-exponent"), b"\x01\x00\x01")
+        self.assertRsaSignsPkcs1(public_key, handle)
+        self.assertRsaSignsPss(public_key, handle)
+        private = self.load_pem("rsa2k")
+        self.assertEqual(private.public_key().public_numbers(), public_key.public_numbers())
+
+    def test_rsa_4096_signs_pkcs1_and_pss(self):
+        handle = self.call("CreateKeyPairIfNotExists", "rsa4k", ["rsa-4096"], OPTS,
+                           timeout=60)
+        public_key = self.rsa_public_key(handle)
+        self.assertEqual(public_key.key_size, 4096)
+        self.assertEqual(len(self.public_parameter(handle, "rsa-modulus")), 512)
+        self.assertRsaSignsPkcs1(public_key, handle)
+        self.assertRsaSignsPss(public_key, handle)
+        self.assertEqual(self.load_pem("rsa4k").key_size, 4096)
+
+    def test_create_key_pair_if_not_exists_keeps_the_existing_pair(self):
+        handle = self.call("CreateKeyPairIfNotExists", "kept", ["ec-p256"], OPTS)
+        point = self.public_parameter(handle, "ec-point")
+        pem = self.state.read_key("kept")
+        again = self.call("CreateKeyPairIfNotExists", "kept", ["rsa-2048"], OPTS)
+        self.assertEqual(self.public_parameter(again, "ec-point"), point)
+        self.assertEqual(self.state.read_key("kept"), pem)
+
+    def test_load_key_pair(self):
+        self.assertFails(NOT_FOUND, "key pair lp does not exist", self.root, "LoadKeyPair",
+                         "lp", OPTS)
+        created = self.call("CreateKeyPairIfNotExists", "lp", [], OPTS)
+        loaded = self.call("LoadKeyPair", "lp", OPTS)
+        self.assertNotEqual(loaded, created)
+        self.assertEqual(handle_parts(loaded)[2]["key_id"], {"KeyPair": "lp"})
+        self.assertEcdsaVerifies(self.ec_public_key(created), loaded)
+
+    def test_move_key_pair(self):
+        handle = self.call("CreateKeyPairIfNotExists", "cert-temp", ["ec-p256"], OPTS)
+        point = self.public_parameter(handle, "ec-point")
+        old = self.call("CreateKeyPairIfNotExists", "cert", ["ec-p256"], OPTS)
+        self.assertNotEqual(self.public_parameter(old, "ec-point"), point)
+
+        self.assertIsNone(self.call("MoveKeyPair", "cert-temp", "cert", OPTS))
+        self.assertFails(NOT_FOUND, "key pair cert-temp does not exist", self.root,
+                         "LoadKeyPair", "cert-temp", OPTS)
+        self.assertFalse(os.path.exists(self.state.key_path("cert-temp")))
+        moved = self.call("LoadKeyPair", "cert", OPTS)
+        self.assertEqual(self.public_parameter(moved, "ec-point"), point)
+        # The old handle of the destination now reaches the moved key; that of the source
+        # reaches nothing.
+        self.assertEqual(self.public_parameter(old, "ec-point"), point)
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Sign", handle, "ECDSA",
+                         hashlib.sha256(b"m").digest(), OPTS)
+        self.assertEcdsaVerifies(self.ec_public_key(moved), moved)
+        self.assertFails(NOT_FOUND, "key pair cert-temp does not exist", self.root,
+                         "MoveKeyPair", "cert-temp", "cert", OPTS)
+
+    def test_delete_key_pair_is_idempotent(self):
+        handle = self.call("CreateKeyPairIfNotExists", "gone", [], OPTS)
+        self.assertIsNone(self.call("DeleteKeyPair", handle, OPTS))
+        self.assertFalse(os.path.exists(self.state.key_path("gone")))
+        self.assertIsNone(self.call("DeleteKeyPair", handle, OPTS))
+        self.assertFails(NOT_FOUND, "key pair gone does not exist", self.root, "LoadKeyPair",
+                         "gone", OPTS)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Bad input
+
+
+class BadInputTest(KeydTestCase):
+    """Malformed, forged and misdirected input, each with its error; one keyd for the class,
+    which must survive all of it (same pid)."""
+
+    keyd_scope = "class"
+
+    @classmethod
+    def prepare_class_keys(cls):
+        cls.sym_key = os.urandom(32)
+        cls.sym = cls.root.call("ImportKey", "sym", cls.sym_key, ["sign", "encrypt"], OPTS)
+        cls.ec = cls.root.call("CreateKeyPairIfNotExists", "ec", ["ec-p256"], OPTS)
+        cls.rsa = cls.root.call("CreateKeyPairIfNotExists", "rsa", ["rsa-2048"], OPTS)
+        cls.derived = cls.root.call("CreateDerivedKey", cls.sym, b"data", OPTS)
+
+    def handle_methods(self, handle):
+        """Every method that takes a handle, with otherwise valid arguments."""
+        iv = {"iv": os.urandom(12), "aad": b""}
+        return [("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                ("Sign", handle, "ECDSA", hashlib.sha256(b"m").digest(), OPTS),
+                ("Encrypt", handle, "AEAD", b"m", iv),
+                ("Encrypt", handle, "RSA-PKCS1", b"m", OPTS),
+                ("Decrypt", handle, "AEAD", b"\x02" + bytes(32), iv),
+                ("DeleteKey", handle, OPTS),
+                ("DeleteKeyPair", handle, OPTS),
+                ("GetKeyPairPublicParameter", handle, "algorithm", OPTS),
+                ("CreateDerivedKey", handle, b"d", OPTS),
+                ("ExportDerivedKey", handle, OPTS)]
+
+    def test_forged_and_malformed_handles_are_invalid(self):
+        sr, sig, _ = handle_parts(self.sym)
+        flipped_sig = bytearray(sig)
+        flipped_sig[7] ^= 0x01
+        sr_json = sr.decode()
+        tampered_sr = sr_json.replace('"Key":"sym"', '"Key":"syn"').encode()
+        other_sr = handle_parts(self.ec)[0]
+        forged = [
+            with_sig(self.sym, bytes(flipped_sig)),             # one bit of the MAC
+            f"sr={b64(tampered_sr)}&sig={b64(sig)}",           # another id, old MAC
+            f"sr={b64(other_sr)}&sig={b64(sig)}",              # MAC of another handle
+            self.sym[:len(self.sym) // 2],                     # truncated
+            self.sym[:-2],                                     # sig cut short
+            "sr=!!notbase64!!&sig=" + b64(sig),                # bad base64
+            self.sym.split("&")[0] + "&sig=" + b64(sig)[:-1],  # sig without its padding
+            self.sym.split("&")[0],                            # no sig
+            "sig=" + b64(sig),                                 # no sr
+            "",
+            "garbage",
+            f"sr={b64(b'not json')}&sig={b64(sig)}",
+            self.sym + "A" * (300 * 1024),                     # longer than any handle
+        ]
+        for handle in forged:
+            for method, *args in self.handle_methods(handle):
+                with self.subTest(handle=handle[:60], method=method):
+                    self.assertFails(INVALID_PARAMETER, INVALID_HANDLE, self.root, method, *args)
+        # The forged delete reached nothing.
+        self.assertKeyFile("sym", self.sym_key)
+        self.assertEqual(self.call("Sign", self.sym, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.sym_key, b"m"))
+
+    def test_handles_of_the_wrong_kind(self):
+        digest = hashlib.sha256(b"m").digest()
+        aead = {"iv": os.urandom(12), "aad": b""}
+        for method, *args in [("Sign", self.ec, "HMAC-SHA256", b"m", OPTS),
+                              ("Sign", self.sym, "ECDSA", digest, OPTS),
+                              ("Sign", self.derived, "ECDSA", digest, OPTS),
+                              ("Encrypt", self.ec, "AEAD", b"m", aead),
+                              ("Encrypt", self.rsa, "AEAD", b"m", aead),
+                              ("Encrypt", self.sym, "RSA-PKCS1", b"m", OPTS),
+                              ("Encrypt", self.derived, "RSA-NO-PADDING", b"m", OPTS),
+                              ("Decrypt", self.rsa, "AEAD", b"\x02" + bytes(32), aead),
+                              ("Decrypt", self.sym, "RSA-PKCS1", b"m", OPTS)]:
+            with self.subTest(method=method, algorithm=args[1]):
+                self.assertFails(INVALID_PARAMETER, BAD_MECHANISM, self.root, method, *args)
+        self.assertFails(INVALID_PARAMETER, NOT_A_KEY_PAIR, self.root, "DeleteKeyPair", self.sym,
+                         OPTS)
+        self.assertFails(INVALID_PARAMETER, NOT_A_KEY_PAIR, self.root, "DeleteKeyPair",
+                         self.derived, OPTS)
+        self.assertFails(INVALID_PARAMETER, NOT_A_KEY, self.root, "DeleteKey", self.ec, OPTS)
+        self.assertFails(INVALID_PARAMETER, NOT_A_KEY, self.root, "DeleteKey", self.derived, OPTS)
+        self.assertFails(INVALID_PARAMETER, NOT_DERIVED, self.root, "ExportDerivedKey", self.sym,
+                         OPTS)
+        self.assertFails(INVALID_PARAMETER, NOT_DERIVED, self.root, "ExportDerivedKey", self.ec,
+                         OPTS)
+        for handle in (self.sym, self.derived):
+            self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "GetKeyPairPublicParameter",
+                             handle, "algorithm", OPTS)
+        # The right kind, the wrong algorithm of key pair.
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Sign", self.rsa, "ECDSA",
+                         digest, OPTS)
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Encrypt", self.ec,
+                         "RSA-PKCS1", SHA256_DIGEST_INFO + digest, OPTS)
+        self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Encrypt", self.ec,
+                         "RSA-NO-PADDING", bytes(32), OPTS)
+        # Nothing was deleted on the way.
+        self.assertKeyFile("sym", self.sym_key)
+        self.assertEqual(self.public_parameter(self.ec, "algorithm"), "ECDSA")
+
+    def test_rsa_no_padding_needs_a_block_as_long_as_the_modulus(self):
+        for block in (b"", bytes(255), b"\xff" * 256, bytes(257)):
+            with self.subTest(length=len(block), top=block[:1]):
+                self.assertFails(FAILED, INTERNAL, self.root, "Encrypt", self.rsa,
+                                 "RSA-NO-PADDING", block, OPTS)
+
+    def test_nested_derived_keys_are_refused(self):
+        self.assertFails(INVALID_PARAMETER, NESTED, self.root, "CreateDerivedKey", self.derived,
+                         b"more", OPTS)
+
+    def test_derived_key_over_a_key_pair_cannot_be_used(self):
+        # Spec §2.3 #12: accepted, but every later use fails: the PEM of a key pair is no HMAC
+        # key, and nothing derived from a private key may leave keyd.
+        handle = self.call("CreateDerivedKey", self.ec, b"data", OPTS)
+        leaked = hmac256(self.state.read_key("ec"), b"data")
+        aead = {"iv": bytes(12), "aad": b""}
+        for method, *args in [("ExportDerivedKey", handle, OPTS),
+                              ("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                              ("Encrypt", handle, "AEAD", b"m", aead),
+                              ("Decrypt", handle, "AEAD", b"\x02" + bytes(32), aead)]:
+            with self.subTest(method=method):
+                try:
+                    result = self.call(method, *args)
+                except CallError as e:
+                    self.assertEqual((e.name, e.message), (INVALID_PARAMETER, NOT_A_KEY))
+                    continue
+                self.fail(f"{method} used the key pair's PEM file as a symmetric key"
+                          + (": HMAC-SHA256(PEM, data) left keyd" if result == leaked else ""))
+
+    def test_unknown_algorithms(self):
+        aead = {"iv": os.urandom(12), "aad": b""}
+        for method, handle, algorithm, opts in [
+                ("Sign", self.sym, "HMAC-SHA384", OPTS), ("Sign", self.sym, "", OPTS),
+                ("Sign", self.sym, "hmac-sha256", OPTS), ("Sign", self.ec, "ecdsa", OPTS),
+                ("Sign", self.rsa, "RSA-PKCS1", OPTS), ("Encrypt", self.sym, "AES", aead),
+                ("Encrypt", self.sym, "aead", aead), ("Encrypt", self.rsa, "RSA-OAEP", OPTS),
+                ("Decrypt", self.sym, "AEAD2", aead)]:
+            with self.subTest(method=method, algorithm=algorithm):
+                self.assertFails(INVALID_PARAMETER, BAD_MECHANISM, self.root, method, handle,
+                                 algorithm, b"m" * 32, opts)
+        for algorithms in (["dsa"], ["EC-P256"], ["ec-p384", "rsa-1024"], [""]):
+            with self.subTest(algorithms=algorithms):
+                self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root,
+                                 "CreateKeyPairIfNotExists", "no-algorithm", algorithms, OPTS)
+        self.assertFalse(os.path.exists(self.state.key_path("no-algorithm")))
+
+    def test_aead_failures(self):
+        iv, aad = os.urandom(12), b"aad"
+        opts = {"iv": iv, "aad": aad}
+        good = self.call("Encrypt", self.sym, "AEAD", b"plaintext", opts)
+
+        def flip(data, index):
+            out = bytearray(data)
+            out[index] ^= 0x80
+            return bytes(out)
+        for what, ct, options in [("tag", flip(good, -1), opts),
+                                  ("body", flip(good, 1), opts),
+                                  ("aad", good, {"iv": iv, "aad": b"other"}),
+                                  ("iv", good, {"iv": os.urandom(12), "aad": aad}),
+                                  ("v1 reading of v2", b"\x01" + good[1:], opts),
+                                  ("shortest", b"\x02" + bytes(16), opts)]:
+            with self.subTest(what=what):
+                self.assertFails(FAILED, INTERNAL, self.root, "Decrypt", self.sym, "AEAD", ct,
+                                 options)
+        for what, ct in [("empty", b""), ("version only", b"\x02"),
+                         ("16 bytes", b"\x02" + bytes(15)), ("version 3", b"\x03" + good[1:]),
+                         ("version 0", b"\x00" + good[1:])]:
+            with self.subTest(what=what):
+                self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Decrypt", self.sym,
+                                 "AEAD", ct, opts)
+        for method, data in (("Encrypt", b"m"), ("Decrypt", good)):
+            self.assertFails(INVALID_PARAMETER, bad_param("iv", "missing"), self.root, method,
+                             self.sym, "AEAD", data, {"aad": aad})
+            self.assertFails(INVALID_PARAMETER, bad_param("aad", "missing"), self.root, method,
+                             self.sym, "AEAD", data, {"iv": iv})
+            self.assertFails(INVALID_PARAMETER, bad_param("iv", "missing"), self.root, method,
+                             self.derived, "AEAD", data, OPTS)
+        # AES-256-GCM needs 32 bytes of key.
+        short = self.call("ImportKey", "short", os.urandom(16), ["encrypt"], OPTS)
+        self.assertFails(FAILED, INTERNAL, self.root, "Encrypt", short, "AEAD", b"m", opts)
+        self.assertEqual(self.call("Decrypt", self.sym, "AEAD", good, opts), b"plaintext")
+
+    def test_options(self):
+        fd_opts = {"client-socket": "not an fd"}
+        for method, *args in [("LoadKey", "sym"), ("CreateKeyIfNotExists", "opt", ["sign"]),
+                              ("ImportKey", "opt", b"k" * 32, ["sign"]),
+                              ("CreateKeyPairIfNotExists", "opt", []),
+                              ("LoadKeyPair", "ec"), ("MoveKeyPair", "ec", "opt"),
+                              ("DeleteKey", self.sym), ("DeleteKeyPair", self.ec),
+                              ("GetKeyPairPublicParameter", self.ec, "algorithm"),
+                              ("CreateDerivedKey", self.sym, b"d"),
+                              ("ExportDerivedKey", self.derived),
+                              ("Sign", self.sym, "HMAC-SHA256", b"m"),
+                              ("Encrypt", self.sym, "AEAD", b"m"),
+                              ("Decrypt", self.sym, "AEAD", b"\x02" + bytes(32))]:
+            aead = {"iv": b"i" * 12, "aad": b""} if args[1:2] == ["AEAD"] else {}
+            with self.subTest(method=method):
+                self.assertFails(INVALID_ARGS, 'Unknown option "bogus".', self.root, method,
+                                 *args, {**aead, "bogus": 1})
+                self.assertFails(INVALID_ARGS, 'Option "client-socket" must be of type h.',
+                                 self.root, method, *args, {**aead, **fd_opts})
+                if not aead:
+                    self.assertFails(INVALID_ARGS, 'Unknown option "iv".', self.root, method,
+                                     *args, {"iv": b"i" * 12})
+        aead = (self.sym, "AEAD", b"m")
+        self.assertFails(INVALID_ARGS, 'Option "iv" must be of type ay.', self.root, "Encrypt",
+                         *aead, {"iv": "text", "aad": b""})
+        self.assertFails(INVALID_ARGS, 'Option "aad" must be of type ay.', self.root, "Encrypt",
+                         *aead, {"iv": b"i" * 12, "aad": 7})
+        # Rejected before anything changed.
+        for key_id in ("opt",):
+            self.assertFalse(os.path.exists(self.state.key_path(key_id)))
+        self.assertKeyFile("sym", self.sym_key)
+        self.assertEqual(self.public_parameter(self.ec, "algorithm"), "ECDSA")
+
+    def test_usage(self):
+        for usage, cause in ((["verify"], "unknown key usage"),
+                             (["sign", "bogus"], "unknown key usage"),
+                             (["Sign"], "unknown key usage"),
+                             (["sign,encrypt"], "unknown key usage"),
+                             ([], "no key usage given")):
+            with self.subTest(usage=usage):
+                self.assertFails(INVALID_PARAMETER, bad_param("usage", cause), self.root,
+                                 "CreateKeyIfNotExists", "bad-usage", usage, OPTS)
+                self.assertFails(INVALID_PARAMETER, bad_param("usage", cause), self.root,
+                                 "ImportKey", "bad-usage", b"k" * 32, usage, OPTS)
+        self.assertFalse(os.path.exists(self.state.key_path("bad-usage")))
+
+    def test_public_parameters(self):
+        for handle, name in ((self.ec, "rsa-modulus"), (self.ec, "rsa-exponent"),
+                             (self.rsa, "ec-point"), (self.rsa, "ec-curve-oid"),
+                             (self.ec, "modulus"), (self.ec, ""), (self.rsa, "Algorithm")):
+            with self.subTest(name=name):
+                self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root,
+                                 "GetKeyPairPublicParameter", handle, name, OPTS)
+
+    def test_missing_keys(self):
+        self.assertFails(NOT_FOUND, "key missing does not exist", self.root, "LoadKey",
+                         "missing", OPTS)
+        self.assertFails(NOT_FOUND, "key pair missing does not exist", self.root, "LoadKeyPair",
+                         "missing", OPTS)
+        self.assertFails(NOT_FOUND, "key pair missing does not exist", self.root, "MoveKeyPair",
+                         "missing", "elsewhere", OPTS)
+        self.assertFalse(os.path.exists(self.state.key_path("elsewhere")))
+        self.assertFalse(os.path.exists(self.state.key_path("missing")))
+
+    def test_move_to_the_same_id(self):
+        point = self.public_parameter(self.ec, "ec-point")
+        self.assertFails(INVALID_PARAMETER, "source and destination for move are identical",
+                         self.root, "MoveKeyPair", "ec", "ec", OPTS)
+        self.assertFails(INVALID_PARAMETER, "source and destination for move are identical",
+                         self.root, "MoveKeyPair", "nothing", "nothing", OPTS)
+        self.assertEqual(self.public_parameter(self.call("LoadKeyPair", "ec", OPTS), "ec-point"),
+                         point)
+
+    def test_ids_cannot_escape_the_home(self):
+        before = tree_listing(self.run_dir, self.state.home)
+        tricky = ["a/b", "/", "..", "../../etc/x", "../" * 20 + "tmp/aziot-escape",
+                  "/tmp/aziot-escape", "./.", "x\\y", ".#x.key", "k.key", "keys/../../k",
+                  "é ü\tñ\n"]
+        expected = set(os.listdir(self.state.keys_dir))
+        for key_id in tricky:
+            with self.subTest(key_id=key_id[:40]):
+                key = os.urandom(32)
+                handle = self.call("ImportKey", key_id, key, ["sign"], OPTS)
+                self.assertKeyFile(key_id, key)
+                self.assertEqual(self.call("Sign", self.call("LoadKey", key_id, OPTS),
+                                           "HMAC-SHA256", b"m", OPTS), hmac256(key, b"m"))
+                self.call("CreateKeyIfNotExists", key_id + "#gen", ["sign"], OPTS)
+                self.assertEqual(len(self.assertKeyFile(key_id + "#gen")), 32)
+                pair = self.call("CreateKeyPairIfNotExists", key_id + "#pair", [], OPTS)
+                self.assertEqual(self.public_parameter(pair, "algorithm"), "ECDSA")
+                self.assertKeyFile(key_id + "#pair")
+                self.call("MoveKeyPair", key_id + "#pair", key_id + "#moved", OPTS)
+                self.assertKeyFile(key_id + "#moved")
+                expected |= {key_file_name(key_id), key_file_name(key_id + "#gen"),
+                             key_file_name(key_id + "#moved")}
+                self.assertIsNone(self.call("DeleteKey", handle, OPTS))
+                expected.discard(key_file_name(key_id))
+        # The longest id there may be: nothing in it goes into the file name but its hash.
+        longest = "/" * 4096
+        key = os.urandom(32)
+        self.call("ImportKey", longest, key, ["sign"], OPTS)
+        self.assertKeyFile(longest, key)
+        self.assertEqual(key_file_name(longest)[0], "-")
+        expected.add(key_file_name(longest))
+        for key_id in ("a" * 4096, "a" * 300, "/" * 4097, ""):
+            with self.subTest(key_id=key_id[:10], length=len(key_id)):
+                for method, *args in [("ImportKey", key_id, b"k" * 32, ["sign"]),
+                                      ("CreateKeyIfNotExists", key_id, ["sign"]),
+                                      ("CreateKeyPairIfNotExists", key_id, [])]:
+                    self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, method, *args,
+                                     OPTS)
+                for method in ("LoadKey", "LoadKeyPair"):
+                    self.assertFails(NOT_FOUND, None, self.root, method, key_id, OPTS)
+        self.assertEqual(set(os.listdir(self.state.keys_dir)), expected)
+        self.assertEqual(os.listdir(self.state.home), ["keys"])
+        self.assertEqual(tree_listing(self.run_dir, self.state.home), before)
+        self.assertFalse(os.path.exists("/tmp/aziot-escape"))
+
+    def test_malformed_calls(self):
+        self.assertFails(INVALID_ARGS, None, self.root, "LoadKey", "sym", signature="s")
+        self.assertFails(INVALID_ARGS, None, self.root, "Sign", self.sym, "HMAC-SHA256", 5, OPTS,
+                         signature="ssia{sv}")
+        self.assertFails(INVALID_ARGS, None, self.root, "LoadKey", "sym", OPTS, "extra",
+                         signature="sa{sv}s")
+        self.assertFails(UNKNOWN_METHOD, None, self.root, "ExportKey", "sym", OPTS,
+                         signature="sa{sv}")
+
+    def test_bad_client_sockets(self):
+        read_end, write_end = os.pipe()
+        unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer, conn = self.peer_as(USER_A)
+        peer.kill()
+        peer.wait(10)
+        try:
+            for fd in (read_end, unconnected.fileno(), conn.fileno()):
+                with self.subTest(fd=fd):
+                    for method, *args in [("LoadKey", "sym"),
+                                          ("CreateKeyIfNotExists", "deleg", ["sign"]),
+                                          ("MoveKeyPair", "ec", "deleg")]:
+                        self.assertFails(INVALID_PARAMETER, BAD_SOCKET, self.root, method,
+                                         *args, {"client-socket": Fd(fd)})
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+            unconnected.close()
+        self.assertFalse(os.path.exists(self.state.key_path("deleg")))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Authorization
+
+
+class AuthorizationTest(KeydTestCase):
+    """The bus policy, principals (hot-reloaded), polkit, the reserved handle-validation-key,
+    bearer handles and delegation through a client socket, with real unprivileged uids."""
+
+    def setUp(self):
+        super().setUp()
+        self.key = os.urandom(32)
+        self.sym = self.call("ImportKey", "k-sym", self.key, ["sign", "encrypt"], OPTS)
+        self.call("ImportKey", "hey", os.urandom(32), ["sign"], OPTS)
+        self.call("ImportKey", "other", os.urandom(32), ["sign"], OPTS)
+        self.pair = self.call("CreateKeyPairIfNotExists", "k-pair", ["ec-p256"], OPTS)
+        self.a = self.client_as(USER_A)
+
+    def denied(self, uid, key_id):
+        return (NOT_AUTHORIZED, f"user {uid} is not authorized to access the key {key_id}")
+
+    def assertDenied(self, client, uid, key_id, method, *args):
+        self.assertEqual(outcome_of(lambda: client.call(method, *args)),
+                         self.denied(uid, key_id), f"{method}{args!r}")
+
+    def id_methods(self, key_id):
+        """Every method that names a key id, with the id in its place."""
+        return [("LoadKey", key_id, OPTS), ("LoadKeyPair", key_id, OPTS),
+                ("CreateKeyIfNotExists", key_id, ["sign"], OPTS),
+                ("ImportKey", key_id, b"x" * 32, ["sign"], OPTS),
+                ("CreateKeyPairIfNotExists", key_id, [], OPTS),
+                ("MoveKeyPair", key_id, "k-moved", OPTS)]
+
+    def test_bus_refuses_callers_outside_the_group(self):
+        b = self.client_as(USER_B, groups=None)
+        a_alone = self.client_as(USER_A, groups=None)
+        for client in (b, a_alone):
+            self.assertFails(ACCESS_DENIED, None, client, "LoadKey", "k-sym", OPTS)
+            self.assertFails(ACCESS_DENIED, None, client, "Sign", self.sym, "HMAC-SHA256", b"m",
+                             OPTS)
+            self.assertFails(ACCESS_DENIED, None, client,
+                             "org.freedesktop.DBus.Introspectable.Introspect")
+        # The group reaches keyd (which decides) and its introspection and Peer, nothing else.
+        self.assertFails(NOT_AUTHORIZED, None, self.a, "LoadKey", "k-sym", OPTS)
+        self.assertIn("org.aziot.Keys1", self.a.call(
+            "org.freedesktop.DBus.Introspectable.Introspect"))
+        self.assertIsNone(self.a.call("org.freedesktop.DBus.Peer.Ping"))
+        self.assertFails(ACCESS_DENIED, None, self.a, "org.freedesktop.DBus.Properties.GetAll",
+                         "org.aziot.Keys1")
+
+    def test_group_member_without_principal_is_not_authorized(self):
+        for method, key_id, *rest in self.id_methods("k-sym") + self.id_methods("k-pair") + \
+                self.id_methods("k-new"):
+            with self.subTest(method=method, key_id=key_id):
+                self.assertDenied(self.a, self.uid_a, key_id, method, key_id, *rest)
+        self.assertFalse(os.path.exists(self.state.key_path("k-new")))
+        self.assertFalse(os.path.exists(self.state.key_path("k-moved")))
+        self.assertKeyFile("k-sym", self.key)
+        self.call("LoadKeyPair", "k-pair", OPTS)
+
+    def test_principal_globs_allow_and_are_reloaded(self):
+        self.state.write_principals("50-a", [(self.uid_a, ["k*", "?ey"])])
+        self.wait_for_outcome(lambda: self.a.call("LoadKey", "k-sym", OPTS), None,
+                              "the principal to be loaded")
+        handle = self.a.call("LoadKey", "k-sym", OPTS)
+        self.assertEqual(self.a.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.key, b"m"))
+        self.a.call("LoadKey", "hey", OPTS)
+        self.a.call("LoadKeyPair", "k-pair", OPTS)
+        for key_id in ("other", "K-sym", "ak-sym", "hhey", "ey"):
+            self.assertDenied(self.a, self.uid_a, key_id, "LoadKey", key_id, OPTS)
+        new = self.a.call("CreateKeyIfNotExists", "k-new", ["sign"], OPTS)
+        self.assertEqual(self.a.call("Sign", new, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.state.read_key("k-new"), b"m"))
+        imported = os.urandom(32)
+        self.a.call("ImportKey", "key", imported, ["sign"], OPTS)
+        self.assertKeyFile("key", imported)
+        self.a.call("CreateKeyPairIfNotExists", "k-pair2", [], OPTS)
+        # A move needs both ids.
+        self.assertDenied(self.a, self.uid_a, "other", "MoveKeyPair", "k-pair", "other", OPTS)
+        self.assertDenied(self.a, self.uid_a, "other", "MoveKeyPair", "other", "k-pair", OPTS)
+        self.assertTrue(os.path.exists(self.state.key_path("k-pair")))
+        self.a.call("MoveKeyPair", "k-pair", "k-moved", OPTS)
+        self.assertTrue(os.path.exists(self.state.key_path("k-moved")))
+
+        self.state.remove_principals("50-a")
+        self.wait_for_outcome(lambda: self.a.call("LoadKey", "k-sym", OPTS),
+                              self.denied(self.uid_a, "k-sym"), "the principal to be dropped")
+        self.assertDenied(self.a, self.uid_a, "hey", "LoadKey", "hey", OPTS)
+
+    def test_principals_of_another_uid_do_not_apply(self):
+        self.state.write_principals("50-b", [(self.uid_b, ["*"]), (0, ["*"]),
+                                             (self.uid_a, ["only-this"])])
+        self.call("ImportKey", "only-this", os.urandom(32), ["sign"], OPTS)
+        self.wait_for_outcome(lambda: self.a.call("LoadKey", "only-this", OPTS), None,
+                              "the principals to be loaded")
+        self.assertDenied(self.a, self.uid_a, "k-sym", "LoadKey", "k-sym", OPTS)
+        b = self.client_as(USER_B)
+        b.call("LoadKey", "k-sym", OPTS)
+
+    def test_polkit_rule_grants_load_of_one_key(self):
+        self.add_rules(
+            'polkit.addRule(function(action, subject) {\n'
+            '    if (action.id == "org.aziot.keys.load" && subject.user == "%s" &&\n'
+            '        action.lookup("key_id") == "k-sym")\n'
+            '        return polkit.Result.YES;\n'
+            '});\n' % USER_A)
+        handle = self.a.call("LoadKey", "k-sym", OPTS)
+        self.assertEqual(self.a.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.key, b"m"))
+        self.assertDenied(self.a, self.uid_a, "other", "LoadKey", "other", OPTS)
+        # Another action on the same key.
+        self.assertDenied(self.a, self.uid_a, "k-sym", "CreateKeyIfNotExists", "k-sym",
+                          ["sign"], OPTS)
+        self.assertDenied(self.a, self.uid_a, "k-sym", "ImportKey", "k-sym", b"x" * 32,
+                          ["sign"], OPTS)
+        self.assertKeyFile("k-sym", self.key)
+        # Another user.
+        b = self.client_as(USER_B)
+        self.assertDenied(b, self.uid_b, "k-sym", "LoadKey", "k-sym", OPTS)
+        self.stack.remove_rules(self.rules.pop())
+        self.assertDenied(self.a, self.uid_a, "k-sym", "LoadKey", "k-sym", OPTS)
+
+    def test_polkit_rule_for_manage_sees_both_ids_of_a_move(self):
+        self.add_rules(
+            'polkit.addRule(function(action, subject) {\n'
+            '    if (action.id == "org.aziot.keys.manage" && subject.user == "%s" &&\n'
+            '        action.lookup("key_id") == "k-pair" &&\n'
+            '        action.lookup("key_id_to") == "k-moved")\n'
+            '        return polkit.Result.YES;\n'
+            '});\n' % USER_A)
+        self.assertDenied(self.a, self.uid_a, "k-pair", "MoveKeyPair", "k-pair", "other", OPTS)
+        self.assertDenied(self.a, self.uid_a, "k-pair", "CreateKeyPairIfNotExists", "k-pair",
+                          [], OPTS)
+        point = self.public_parameter(self.pair, "ec-point")
+        self.assertIsNone(self.a.call("MoveKeyPair", "k-pair", "k-moved", OPTS))
+        self.assertEqual(self.public_parameter(self.call("LoadKeyPair", "k-moved", OPTS),
+                                               "ec-point"), point)
+
+    def test_handle_validation_key_is_out_of_reach(self):
+        hvk = self.state.read_key(HVK)
+        self.state.write_principals("50-all", [(self.uid_a, ["*"])])
+        self.add_rules('polkit.addRule(function(action, subject) {\n'
+                       '    return polkit.Result.YES;\n'
+                       '});\n')
+        self.wait_for_outcome(lambda: self.a.call("LoadKey", "k-sym", OPTS), None,
+                              "the principal to be loaded")
+        for client, uid in ((self.a, self.uid_a), (self.root, 0)):
+            for method, key_id, *rest in self.id_methods(HVK):
+                with self.subTest(uid=uid, method=method):
+                    self.assertDenied(client, uid, HVK, method, key_id, *rest)
+            self.assertDenied(client, uid, HVK, "MoveKeyPair", "k-pair", HVK, OPTS)
+        self.assertEqual(self.state.read_key(HVK), hvk)
+        self.assertEqual(self.call("Sign", self.sym, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.key, b"m"))
+
+    def test_handles_are_bearer_tokens(self):
+        # No principal, no rule: a handle from root is all it takes.
+        self.assertDenied(self.a, self.uid_a, "k-sym", "LoadKey", "k-sym", OPTS)
+        self.assertEqual(self.a.call("Sign", self.sym, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.key, b"m"))
+        iv = os.urandom(12)
+        ct = self.a.call("Encrypt", self.sym, "AEAD", b"p", {"iv": iv, "aad": b""})
+        self.assertEqual(AESGCM(self.key).decrypt(iv, ct[1:], b""), b"p")
+        self.assertEqual(self.a.call("Decrypt", self.sym, "AEAD", ct, {"iv": iv, "aad": b""}),
+                         b"p")
+        derived = self.a.call("CreateDerivedKey", self.sym, b"d", OPTS)
+        self.assertEqual(self.a.call("ExportDerivedKey", derived, OPTS), hmac256(self.key, b"d"))
+        self.assertEcdsaVerifies(self.ec_public_key(self.pair, self.a), self.pair, self.a)
+        doomed = self.call("ImportKey", "k-doomed", os.urandom(32), ["sign"], OPTS)
+        self.assertIsNone(self.a.call("DeleteKey", doomed, OPTS))
+        self.assertFalse(os.path.exists(self.state.key_path("k-doomed")))
+
+    def test_delegated_socket_authorizes_the_peer_not_root(self):
+        peer, conn = self.peer_as(USER_A)
+        delegated = {"client-socket": Fd(conn.fileno())}
+        # root itself would be allowed: a denial naming a's uid proves the peer was asked about.
+        for method, key_id, *rest in self.id_methods("k-sym"):
+            with self.subTest(method=method):
+                self.assertDenied(self.root, self.uid_a, key_id, method, key_id, *rest[:-1],
+                                  delegated)
+        self.state.write_principals("50-a", [(self.uid_a, ["k-sym"])])
+        self.wait_for_outcome(lambda: self.call("LoadKey", "k-sym", delegated), None,
+                              "the principal to be loaded")
+        self.assertDenied(self.root, self.uid_a, "other", "LoadKey", "other", delegated)
+        # Handle operations with a delegated socket work as without.
+        self.assertEqual(self.call("Sign", self.sym, "HMAC-SHA256", b"m", delegated),
+                         hmac256(self.key, b"m"))
+
+    def test_delegated_socket_and_polkit_rule_on_the_peer(self):
+        peer_a, conn_a = self.peer_as(USER_A)
+        peer_b, conn_b = self.peer_as(USER_B)
+        self.add_rules(
+            'polkit.addRule(function(action, subject) {\n'
+            '    if (action.id == "org.aziot.keys.load" && subject.user == "%s" &&\n'
+            '        action.lookup("key_id") == "k-sym")\n'
+            '        return polkit.Result.YES;\n'
+            '});\n' % USER_A)
+        handle = self.call("LoadKey", "k-sym", {"client-socket": Fd(conn_a.fileno())})
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.key, b"m"))
+        self.assertDenied(self.root, self.uid_a, "other", "LoadKey", "other",
+                          {"client-socket": Fd(conn_a.fileno())})
+        self.assertDenied(self.root, self.uid_b, "k-sym", "LoadKey", "k-sym",
+                          {"client-socket": Fd(conn_b.fileno())})
+
+    def test_unprivileged_user_may_not_delegate(self):
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        a = self.client_as(USER_A, pass_fds=[theirs.fileno()])
+        b = self.client_as(USER_B, pass_fds=[theirs.fileno()])
+        self.state.write_principals("50-a", [(self.uid_a, ["*"]), (self.uid_b, ["*"])])
+        self.wait_for_outcome(lambda: a.call("LoadKey", "k-sym", OPTS), None,
+                              "the principal to be loaded")
+        delegated = {"client-socket": Fd(theirs.fileno())}
+        for client, uid in ((a, self.uid_a), (b, self.uid_b)):
+            refusal = (NOT_AUTHORIZED, f"user {uid} may not act for another process")
+            for method, *args in [("LoadKey", "k-sym"), ("ImportKey", "k-x", b"x" * 32, ["sign"]),
+                                  ("Sign", self.sym, "HMAC-SHA256", b"m"),
+                                  ("ExportDerivedKey",
+                                   self.call("CreateDerivedKey", self.sym, b"d", OPTS))]:
+                with self.subTest(uid=uid, method=method):
+                    self.assertEqual(outcome_of(lambda: client.call(method, *args, delegated)),
+                                     refusal)
+        self.assertFalse(os.path.exists(self.state.key_path("k-x")))
+
+
+class GatewayUserTest(KeydTestCase):
+    """AZIOT_GATEWAY_USER names the one user besides root that may delegate."""
+
+    keyd_env = {"AZIOT_GATEWAY_USER": USER_B}
+
+    def test_gateway_user_delegates_for_the_peer(self):
+        key = os.urandom(32)
+        self.call("ImportKey", "k-sym", key, ["sign"], OPTS)
+        peer, conn = self.peer_as(USER_A)
+        gateway = self.client_as(USER_B, pass_fds=[conn.fileno()])
+        delegated = {"client-socket": Fd(conn.fileno())}
+        self.assertEqual(outcome_of(lambda: gateway.call("LoadKey", "k-sym", delegated)),
+                         (NOT_AUTHORIZED,
+                          f"user {self.uid_a} is not authorized to access the key k-sym"))
+        self.state.write_principals("50-a", [(self.uid_a, ["k-sym"])])
+        self.wait_for_outcome(lambda: gateway.call("LoadKey", "k-sym", delegated), None,
+                              "the principal to be loaded")
+        handle = gateway.call("LoadKey", "k-sym", delegated)
+        self.assertEqual(gateway.call("Sign", handle, "HMAC-SHA256", b"m", delegated),
+                         hmac256(key, b"m"))
+        # For itself, the gateway is just another uid.
+        self.assertEqual(outcome_of(lambda: gateway.call("LoadKey", "k-sym", OPTS)),
+                         (NOT_AUTHORIZED,
+                          f"user {self.uid_b} is not authorized to access the key k-sym"))
+        # And a is no gateway.
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        a = self.client_as(USER_A, pass_fds=[theirs.fileno()])
+        self.assertEqual(outcome_of(lambda: a.call("LoadKey", "k-sym",
+                                                   {"client-socket": Fd(theirs.fileno())})),
+                         (NOT_AUTHORIZED, f"user {self.uid_a} may not act for another process"))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Compatibility with a home written by upstream's rules
+
+
+class CompatibilityTest(KeydTestCase):
+    """A keyd home laid out as upstream lays it out, written here; handles built here by
+    upstream's algorithm; [preloaded_keys]."""
+
+    @classmethod
+    def prepare_class(cls):
+        cls.pem_dir = os.path.join(cls.run_dir, "pem")
+        os.makedirs(cls.pem_dir)
+        cls.pems = {}
+        for name, options in (("ec", ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                                      "-pkeyopt", "ec_param_enc:named_curve"]),
+                              ("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                              ("preloaded-ec", ["-algorithm", "EC", "-pkeyopt",
+                                                "ec_paramgen_curve:P-256"])):
+            path = os.path.join(cls.pem_dir, f"{name}.pem")
+            subprocess.run(["openssl", "genpkey", *options, "-out", path], check=True,
+                           capture_output=True)
+            with open(path, "rb") as f:
+                cls.pems[name] = f.read()
+            assert cls.pems[name].startswith(b"-----BEGIN PRIVATE KEY-----")
+
+    def prepare_state(self, state):
+        self.hvk = os.urandom(32)
+        self.sym_key = os.urandom(32)
+        self.preloaded_key = os.urandom(32)
+        os.makedirs(state.keys_dir, mode=0o700)
+        files = {HVK: self.hvk, "device-id": self.sym_key, "compat-ec": self.pems["ec"],
+                 "compat-rsa": self.pems["rsa"]}
+        for key_id, data in files.items():
+            path = os.path.join(state.keys_dir, key_file_name(key_id))
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o600)
+        preloaded_dir = os.path.join(state.dir, "secrets")
+        os.makedirs(preloaded_dir)
+        self.preloaded_paths = {"preloaded-sym": os.path.join(preloaded_dir, "device id.key"),
+                                "preloaded-ec": os.path.join(preloaded_dir, "pair.pem")}
+        for key_id, data in (("preloaded-sym", self.preloaded_key),
+                             ("preloaded-ec", self.pems["preloaded-ec"])):
+            with open(self.preloaded_paths[key_id], "wb") as f:
+                f.write(data)
+        # A space in the path, percent-encoded in the URI.
+        sym_uri = "file://" + self.preloaded_paths["preloaded-sym"].replace(" ", "%20")
+        state.write_config("[preloaded_keys]\n"
+                           f'preloaded-sym = "{sym_uri}"\n'
+                           f'preloaded-ec = "file://{self.preloaded_paths["preloaded-ec"]}"\n')
+        self.written = {}
+        for path in [os.path.join(state.keys_dir, n) for n in os.listdir(state.keys_dir)] + \
+                list(self.preloaded_paths.values()):
+            with open(path, "rb") as f:
+                self.written[path] = f.read()
+
+    def tearDown(self):
+        super().tearDown()
+        # Using keys never rewrites them.
+        for path, data in self.written.items():
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), data, path)
+
+    def test_symmetric_key_file_loads_and_works(self):
+        handle = self.call("LoadKey", "device-id", OPTS)
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.sym_key, b"m"))
+        iv = os.urandom(12)
+        self.assertEqual(self.call("Encrypt", handle, "AEAD", b"p", {"iv": iv, "aad": b"a"}),
+                         b"\x02" + AESGCM(self.sym_key).encrypt(iv, b"p", b"a"))
+        derived = self.call("CreateDerivedKey", handle, b"mod:gen:primary", OPTS)
+        self.assertEqual(self.call("ExportDerivedKey", derived, OPTS),
+                         hmac256(self.sym_key, b"mod:gen:primary"))
+        self.call("CreateKeyIfNotExists", "device-id", ["sign"], OPTS)  # leaves it as it is
+
+    def test_ec_key_file_loads_and_signs(self):
+        handle = self.call("LoadKeyPair", "compat-ec", OPTS)
+        from_pem = serialization.load_pem_private_key(self.pems["ec"], None).public_key()
+        from_parameters = self.ec_public_key(handle)
+        self.assertEqual(compressed_point(from_parameters), compressed_point(from_pem))
+        self.assertEcdsaVerifies(from_pem, handle)
+
+    def test_rsa_key_file_loads_and_signs(self):
+        handle = self.call("LoadKeyPair", "compat-rsa", OPTS)
+        from_pem = serialization.load_pem_private_key(self.pems["rsa"], None).public_key()
+        self.assertEqual(self.rsa_public_key(handle).public_numbers(), from_pem.public_numbers())
+        self.assertRsaSignsPkcs1(from_pem, handle)
+        self.assertRsaSignsPss(from_pem, handle)
+
+    def test_handles_built_by_upstreams_algorithm_are_accepted(self):
+        key = make_handle(self.hvk, {"Key": "device-id"})
+        self.assertEqual(self.call("Sign", key, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.sym_key, b"m"))
+        pair = make_handle(self.hvk, {"KeyPair": "compat-ec"})
+        from_pem = serialization.load_pem_private_key(self.pems["ec"], None).public_key()
+        self.assertEcdsaVerifies(from_pem, pair)
+        derived = make_handle(self.hvk, {"Derived": [key, [1, 2, 255]]})
+        self.assertEqual(self.call("ExportDerivedKey", derived, OPTS),
+                         hmac256(self.sym_key, bytes([1, 2, 255])))
+        # Signed with another key, it is just a string.
+        for forged in (make_handle(os.urandom(32), {"Key": "device-id"}),
+                       make_handle(self.sym_key, {"Key": "device-id"})):
+            self.assertFails(INVALID_PARAMETER, INVALID_HANDLE, self.root, "Sign", forged,
+                             "HMAC-SHA256", b"m", OPTS)
+
+    def test_handles_minted_by_keyd_verify_with_the_validation_key_file(self):
+        for handle, key_id in ((self.call("LoadKey", "device-id", OPTS), {"Key": "device-id"}),
+                               (self.call("LoadKeyPair", "compat-ec", OPTS),
+                                {"KeyPair": "compat-ec"})):
+            sr, sig, _ = handle_parts(handle)
+            self.assertEqual(sig, hmac256(self.hvk, sr))
+            # serde_json's compact form, fields in declaration order.
+            self.assertRegex(sr.decode(), r'^\{"key_id":%s,"nonce":"[A-Za-z0-9+/]{86}=="\}$'
+                             % re.escape(json.dumps(key_id, separators=(",", ":"))))
+
+    def test_authentic_handles_keyd_must_still_refuse(self):
+        key = make_handle(self.hvk, {"Key": "device-id"})
+        nested = make_handle(self.hvk, {"Derived": [make_handle(self.hvk,
+                                                                {"Derived": [key, [1]]}), [2]]})
+        self.assertFails(INVALID_PARAMETER, NESTED, self.root, "Sign", nested, "HMAC-SHA256",
+                         b"m", OPTS)
+        self.assertFails(INVALID_PARAMETER, NESTED, self.root, "ExportDerivedKey", nested, OPTS)
+        for reserved in (make_handle(self.hvk, {"Key": HVK}),
+                         make_handle(self.hvk, {"Derived": [make_handle(self.hvk, {"Key": HVK}),
+                                                            [1]]})):
+            self.assertFails(INVALID_PARAMETER, RESERVED, self.root, "Sign", reserved,
+                             "HMAC-SHA256", b"m", OPTS)
+        for malformed in ({"Key": "device-id", "extra": 1}, {"Symmetric": "device-id"},
+                          {"Derived": [key, [256]]}, {"Derived": [key]}):
+            self.assertFails(INVALID_PARAMETER, INVALID_HANDLE, self.root, "Sign",
+                             make_handle(self.hvk, malformed), "HMAC-SHA256", b"m", OPTS)
+
+    def test_preloaded_keys(self):
+        handle = self.call("LoadKey", "preloaded-sym", OPTS)
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(self.preloaded_key, b"m"))
+        pair = self.call("LoadKeyPair", "preloaded-ec", OPTS)
+        from_pem = serialization.load_pem_private_key(self.pems["preloaded-ec"], None)
+        self.assertEcdsaVerifies(from_pem.public_key(), pair)
+        # Nothing of them in the home.
+        for key_id in ("preloaded-sym", "preloaded-ec"):
+            self.assertFalse(os.path.exists(self.state.key_path(key_id)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Introspection
+
+
+class IntrospectionTest(KeydTestCase):
+
+    @staticmethod
+    def describe(xml_text):
+        """{method: ([(arg, type, direction)], {annotation: value})}, properties, signals."""
+        interfaces = [i for i in ET.fromstring(xml_text).findall("interface")
+                      if i.get("name") == KEYS_IFACE]
+        assert len(interfaces) == 1, f"{len(interfaces)} {KEYS_IFACE} interfaces"
+        iface = interfaces[0]
+        methods = {}
+        for m in iface.findall("method"):
+            args = [(a.get("name"), a.get("type"), a.get("direction", "in"))
+                    for a in m.findall("arg")]
+            annotations = {a.get("name"): a.get("value") for a in m.findall("annotation")}
+            methods[m.get("name")] = (args, annotations)
+        return (methods, sorted(p.get("name") for p in iface.findall("property")),
+                sorted(s.get("name") for s in iface.findall("signal")),
+                {a.get("name"): a.get("value") for a in iface.findall("annotation")})
+
+    def test_introspection_matches_the_xml(self):
+        with open(XML_PATH) as f:
+            documented = self.describe(f.read())
+        running = self.describe(self.call("org.freedesktop.DBus.Introspectable.Introspect"))
+        doc_methods, run_methods = documented[0], running[0]
+        self.assertEqual(sorted(run_methods), sorted(doc_methods))
+        for name, (args, annotations) in doc_methods.items():
+            with self.subTest(method=name):
+                self.assertEqual(run_methods[name][0], args)
+                # sd-bus exposes only its own annotations; each must be documented.
+                for key, value in run_methods[name][1].items():
+                    self.assertEqual(annotations.get(key), value, f"annotation {key}")
+        self.assertEqual(running[1:3], documented[1:3])
+        for key, value in running[3].items():
+            self.assertEqual(documented[3].get(key), value, f"interface annotation {key}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Crash safety
+
+
+class CrashSafetyTest(KeydTestCase):
+    """kill -9 in the middle of a burst of imports leaves whole keys or none."""
+
+    BURST = 1000
+    ROUNDS = 6
+
+    def burst(self, items):
+        """Sends ImportKey for every (id, value) without waiting for replies."""
+        conn = dbus.bus.BusConnection(self.stack.bus_address)
+        for key_id, value in items:
+            msg = dbus.lowlevel.MethodCallMessage(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "ImportKey")
+            msg.append(key_id, dbus.ByteArray(value), ["sign"],
+                       dbus.Dictionary({}, signature="sv"), signature="sayasa{sv}")
+            msg.set_no_reply(True)
+            conn.send_message(msg)
+        conn.flush()
+        return conn
+
+    def imports_logged(self):
+        return self.keyd.log().count("Imported key crash-")
+
+    def kill_keyd_after(self, imports, baseline):
+        """SIGKILL once keyd has logged that many more imports; returns how many it logged."""
+        wait_until(lambda: self.imports_logged() - baseline >= imports, 30, f"{imports} imports")
+        os.kill(self.keyd.pid, signal.SIGKILL)
+        self.keyd.popen.wait(10)
+        self.keyd_killed = True
+        return self.imports_logged() - baseline
+
+    def check_keys_dir(self, allowed):
+        """allowed: {file name: [acceptable contents]}. Every key file is whole; temporary files
+        do not look like keys. Returns {file name: content}."""
+        found = {}
+        for name in os.listdir(self.state.keys_dir):
+            path = os.path.join(self.state.keys_dir, name)
+            if name.startswith(".#"):
+                self.assertIsNone(KEY_FILE_RE.match(name), name)
+                continue
+            self.assertTrue(name in allowed, f"{name}: a key file nobody imported")
+            with open(path, "rb") as f:
+                data = f.read()
+            self.assertTrue(data in allowed[name], f"{name} is torn ({len(data)} bytes)")
+            found[name] = data
+        return found
+
+    def assertKeysUsableAfterRestart(self, ids_and_values):
+        self.keyd = self.start_keyd(self.state)
+        self.keyd_killed = False
+        for key_id, value in ids_and_values:
+            handle = self.call("LoadKey", key_id, OPTS)
+            self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                             hmac256(value, b"m"))
+
+    def test_kill_during_imports_of_different_ids(self):
+        self.call("CreateKeyIfNotExists", "warm-up", ["sign"], OPTS)
+        allowed = {key_file_name(HVK): [self.state.read_key(HVK)],
+                   key_file_name("warm-up"): [self.state.read_key("warm-up")]}
+        imported = {}
+        for round in range(self.ROUNDS):
+            items = [(f"crash-{round}-{i}", os.urandom(1 + (i * 37) % 8192))
+                     for i in range(self.BURST)]
+            baseline = self.imports_logged()
+            conn = self.burst(items)
+            done = self.kill_keyd_after(20, baseline)
+            conn.close()
+            self.assertLess(done, self.BURST, "keyd finished before it could be killed")
+            allowed.update({key_file_name(k): [v] for k, v in items})
+            imported.update(items)
+            found = self.check_keys_dir(allowed)
+            survivors = [(k, v) for k, v in imported.items() if key_file_name(k) in found]
+            self.assertGreaterEqual(len(survivors), 20 * (round + 1))
+            self.assertKeysUsableAfterRestart(survivors)
+
+    def test_kill_during_imports_to_one_id(self):
+        self.call("CreateKeyIfNotExists", "warm-up", ["sign"], OPTS)
+        allowed = {key_file_name(HVK): [self.state.read_key(HVK)],
+                   key_file_name("warm-up"): [self.state.read_key("warm-up")],
+                   key_file_name("crash-one"): []}
+        for round in range(self.ROUNDS):
+            values = [os.urandom(1 + (i * 53) % 8192) for i in range(self.BURST)]
+            baseline = self.imports_logged()
+            conn = self.burst([("crash-one", v) for v in values])
+            done = self.kill_keyd_after(20, baseline)
+            conn.close()
+            self.assertLess(done, self.BURST, "keyd finished before it could be killed")
+            allowed[key_file_name("crash-one")] += values
+            found = self.check_keys_dir(allowed)
+            self.assertIn(key_file_name("crash-one"), found)
+            self.assertKeysUsableAfterRestart([("crash-one", found[key_file_name("crash-one")])])
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Activation and idle exit
+
+
+class ActivationTest(KeydTestCase):
+
+    keyd_scope = None
+
+    def owner_pid(self):
+        return int(self.stack.bus().call_blocking(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID", "s", (KEYS_NAME,)))
+
+    def tearDown(self):
+        if self.stack.name_has_owner(KEYS_NAME):
+            pid = self.owner_pid()
+            os.kill(pid, signal.SIGTERM)
+            self.stack.wait_for_name_gone(KEYS_NAME)
+        super().tearDown()
+
+    def test_activation_idle_exit_and_reactivation(self):
+        self.stack.write_service_file(KEYS_NAME, [KEYD, "--idle-timeout=1"],
+                                      env=self.state.env())
+        self.assertFalse(self.stack.name_has_owner(KEYS_NAME))
+        key = os.urandom(32)
+        start = time.monotonic()
+        handle = self.call("ImportKey", "activated", key, ["sign"], OPTS)
+        cold = time.monotonic() - start
+        sys.stderr.write(f"\ncold activation of aziot-keyd to its first reply: "
+                         f"{cold * 1000:.1f} ms\n")
+        first_pid = self.owner_pid()
+
+        # Calls that keep coming keep it, past its idle time.
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5:
+            self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                             hmac256(key, b"m"))
+        self.assertEqual(self.owner_pid(), first_pid)
+        last_reply = time.monotonic()
+
+        # Then it leaves after about a second.
+        self.stack.wait_for_name_gone(KEYS_NAME, timeout=10)
+        idle = time.monotonic() - last_reply
+        self.assertGreaterEqual(idle, 0.9)
+        self.assertLess(idle, 4)
+        wait_until(lambda: not os.path.exists(f"/proc/{first_pid}"), 10, "keyd to exit")
+
+        # The next call starts it again, with its state.
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"m", OPTS),
+                         hmac256(key, b"m"))
+        self.assertNotEqual(self.owner_pid(), first_pid)
+        log = aziot_harness._read_text(os.path.join(self.run_dir, "logs",
+                                                    f"{KEYS_NAME}.log"))
+        self.assertEqual(log.count("Serving org.aziot.Keys1."), 2)
+        self.assertIn("releasing org.aziot.Keys1 and exiting", log)
+
+
+if __name__ == "__main__":
+    result = unittest.main(verbosity=2, exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
