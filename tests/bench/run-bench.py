@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""./dev bench: the benchmarks BENCHMARKS.md quotes.
+
+On a private stack (aziot_harness.Stack + aziot_stack.KeysServices: dbus-daemon with our policy, the
+real polkitd, keyd activated on demand, the gateway on keyd.sock) it measures:
+
+  * cold D-Bus activation of keyd to its first reply;
+  * /sign HMAC-SHA256 through the gateway with tests/bench/http-load at 1 and 16 keep-alive
+    connections (requests/s, p50, p99), max_requests raised to 64 as in the reference figures;
+  * Sign straight over D-Bus with tests/bench/dbus-sign, 1 and 16 calls in flight;
+  * the in-process floor with tests/bench/hmac-floor;
+  * memory of keyd and the gateway: idle, and after 100,000 more requests (VmRSS, and the private
+    part, which is what a process adds to the machine: shared library pages are counted once for
+    every process that maps them).
+
+Prints a Markdown table and writes the raw figures as JSON to BUILD/bench/results.json.
+"""
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import aziot_harness  # noqa: E402
+import aziot_stack  # noqa: E402
+
+
+def memory_kib(pid):
+    """VmRSS and private (Private_Clean + Private_Dirty) memory of a process, in KiB."""
+    rss = private = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+    return {"rss_kib": rss, "private_kib": private}
+
+
+def threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def run_json(argv, env):
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def http(sock, method, path, body=None):
+    """One request with curl; returns (status, parsed JSON or None)."""
+    argv = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", sock, "-X", method,
+            f"http://keyd.sock{path}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    text, _, status = out.stdout.rpartition("\n")
+    return int(status), (json.loads(text) if text else None)
+
+
+def keyd_pid(stack):
+    bus = stack.bus()
+    obj = bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
+    return int(obj.GetConnectionUnixProcessID(aziot_stack.KEYS_BUS_NAME,
+                                              dbus_interface="org.freedesktop.DBus"))
+
+
+def measure(args):
+    build = os.path.abspath(args.build_dir)
+    bench_bin = os.path.join(build, "tests", "bench")
+    results = {}
+    run_dir = tempfile.mkdtemp(prefix="aziot-bench-", dir="/tmp")
+    os.chmod(run_dir, 0o755)
+    stack = aziot_harness.Stack(run_dir, args.source_dir, build)
+    with stack:
+        services = aziot_stack.KeysServices(stack, keyd_args=["--idle-timeout=0"])
+        services.start(max_requests=64)
+        env = stack.child_env()
+        sock = services.keyd_socket
+
+        # Cold activation: the first call starts keyd.
+        t0 = time.monotonic()
+        subprocess.run(["busctl", "--system", "call", aziot_stack.KEYS_BUS_NAME,
+                        "/org/aziot/Keys1", "org.aziot.Keys1", "LoadKey", "sa{sv}", "absent", "0"],
+                       env=env, capture_output=True, timeout=30)
+        results["cold_activation_ms"] = round((time.monotonic() - t0) * 1000, 1)
+
+        status, created = http(sock, "POST", "/key?api-version=2021-05-01",
+                               {"keyId": "bench-http", "usage": "sign"})
+        if status != 200:
+            raise SystemExit(f"cannot create the benchmark key: {status} {created}")
+        body = os.path.join(run_dir, "sign.json")
+        with open(body, "w") as f:
+            json.dump({"keyHandle": created["keyHandle"], "algorithm": "HMAC-SHA256",
+                       "parameters": {"message": base64.b64encode(b"x" * 32).decode()}}, f)
+
+        kpid, gpid = keyd_pid(stack), services.gateway.pid
+        results["idle"] = {"keyd": memory_kib(kpid), "gateway": memory_kib(gpid)}
+
+        load = [os.path.join(bench_bin, "http-load"), "--socket", sock, "--method", "POST",
+                "--path", "/sign?api-version=2021-05-01", "--body-file", body,
+                "--seconds", str(args.seconds), "--warmup", "1"]
+        results["http_sign"] = {str(c): run_json(load + ["--connections", str(c)], env)
+                                for c in (1, 16)}
+        results["dbus_sign"] = {str(k): run_json([os.path.join(bench_bin, "dbus-sign"),
+                                                  "--seconds", str(args.seconds),
+                                                  "--in-flight", str(k)], env)
+                                for k in (1, 16)}
+
+        # 100,000 more requests, then memory again: it must not grow.
+        n = 0
+        while n < 100000:
+            r = run_json(load[:-4] + ["--seconds", "2", "--warmup", "0", "--connections", "16"],
+                         env)
+            n += r["requests"]
+        results["after_requests"] = n
+        results["after"] = {"keyd": memory_kib(kpid), "gateway": memory_kib(gpid)}
+        results["threads"] = {"keyd": threads(kpid), "gateway": threads(gpid)}
+
+    results["hmac_floor"] = run_json([os.path.join(bench_bin, "hmac-floor"), "2"], os.environ)
+    return results
+
+
+def table(r):
+    h1, h16 = r["http_sign"]["1"], r["http_sign"]["16"]
+    d1, d16 = r["dbus_sign"]["1"], r["dbus_sign"]["16"]
+    mem = lambda m: f"{m['rss_kib'] / 1024:.1f} MB RSS, {m['private_kib'] / 1024:.1f} MB private"
+    rows = [
+        ("`/sign` via gateway, 1 connection", f"{h1['requests_per_second']:.0f} req/s",
+         f"p50 {h1['p50_us']:.0f} µs, p99 {h1['p99_us']:.0f} µs"),
+        ("`/sign` via gateway, 16 connections", f"{h16['requests_per_second']:.0f} req/s",
+         f"p50 {h16['p50_us']:.0f} µs, p99 {h16['p99_us']:.0f} µs"),
+        ("`Sign` over D-Bus, 1 in flight", f"{d1['calls_per_second']:.0f} calls/s",
+         f"p50 {d1['p50_us']:.0f} µs, p99 {d1['p99_us']:.0f} µs"),
+        ("`Sign` over D-Bus, 16 in flight", f"{d16['calls_per_second']:.0f} calls/s",
+         f"p50 {d16['p50_us']:.0f} µs, p99 {d16['p99_us']:.0f} µs"),
+        ("in-process HMAC (store only)", f"{r['hmac_floor']['sign_per_second']:.0f} ops/s", ""),
+        ("in-process handle check + HMAC",
+         f"{r['hmac_floor']['verify_handle_sign_per_second']:.0f} ops/s", ""),
+        ("cold activation of keyd to first reply", f"{r['cold_activation_ms']} ms", ""),
+        ("keyd idle", mem(r["idle"]["keyd"]), f"{r['threads']['keyd']} thread(s)"),
+        (f"keyd after {r['after_requests']} more requests", mem(r["after"]["keyd"]), ""),
+        ("gateway idle", mem(r["idle"]["gateway"]), f"{r['threads']['gateway']} thread(s)"),
+        (f"gateway after {r['after_requests']} more requests", mem(r["after"]["gateway"]), ""),
+    ]
+    out = ["| measure | figure | detail |", "|---|---|---|"]
+    out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source-dir", required=True)
+    p.add_argument("--build-dir", required=True)
+    p.add_argument("--seconds", type=float, default=10)
+    args = p.parse_args()
+    results = measure(args)
+    out_dir = os.path.join(args.build_dir, "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
