@@ -46,25 +46,40 @@ int bus_sender_uid(sd_bus_message *m, SenderUidCache *cache, uid_t *ret)
         return 0;
 }
 
-int bus_caller_resolve(sd_bus_message *m, int client_socket, uid_t delegate_uid,
-                       SenderUidCache *cache, BusCaller *ret)
+int bus_caller_uid(sd_bus_message *m, const PeerCred *connection_peer, SenderUidCache *cache,
+                   uid_t *ret)
+{
+        if (connection_peer) {
+                *ret = connection_peer->uid;
+                return 0;
+        }
+        return bus_sender_uid(m, cache, ret);
+}
+
+int bus_caller_resolve(sd_bus_message *m, const PeerCred *connection_peer, int client_socket,
+                       uid_t delegate_uid, SenderUidCache *cache, BusCaller *ret)
 {
         uid_t sender_uid;
         int r;
 
-        r = bus_sender_uid(m, cache, &sender_uid);
+        r = bus_caller_uid(m, connection_peer, cache, &sender_uid);
         if (r < 0)
                 return r;
 
         if (client_socket < 0) {
-                *ret = (BusCaller){ .uid = sender_uid };
+                if (connection_peer)
+                        *ret = (BusCaller){ .uid = sender_uid,
+                                            .process_subject = true,
+                                            .peer = *connection_peer };
+                else
+                        *ret = (BusCaller){ .uid = sender_uid };
                 return 0;
         }
 
         if (sender_uid != 0 && (delegate_uid == UID_INVALID || sender_uid != delegate_uid))
                 return -EPERM;
 
-        *ret = (BusCaller){ .delegated = true };
+        *ret = (BusCaller){ .process_subject = true };
         r = peercred_from_fd(client_socket, &ret->peer);
         if (r < 0)
                 return r;

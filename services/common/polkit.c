@@ -45,6 +45,9 @@ struct PolkitQuery {
 
 struct PolkitRegistry {
         PolkitQuery *queries;
+        /* Where polkitd is asked: the system bus. Messages may come in on other connections (a
+         * private connection of the gateway) and are dispatched again on their own. */
+        sd_bus *bus;
         /* Frees queries whose method call is done, once the loop is idle. NULL when the bus has no
          * sd-event loop: then finished queries are collected at the next check instead. */
         sd_event_source *gc_source;
@@ -203,7 +206,7 @@ static int on_gc(sd_event_source *s, void *userdata)
         return 0;
 }
 
-static int registry_new(sd_bus *bus, PolkitRegistry **ret)
+int polkit_registry_new(sd_bus *bus, PolkitRegistry **ret)
 {
         _cleanup_(polkit_registry_freep) PolkitRegistry *registry = NULL;
         sd_event *event;
@@ -212,6 +215,7 @@ static int registry_new(sd_bus *bus, PolkitRegistry **ret)
         registry = calloc(1, sizeof(PolkitRegistry));
         if (!registry)
                 return -ENOMEM;
+        registry->bus = sd_bus_ref(bus);
 
         event = sd_bus_get_event(bus);
         if (event) {
@@ -333,10 +337,9 @@ static int append_details(sd_bus_message *call, char *const *details)
         return sd_bus_message_close_container(call);
 }
 
-static int query_send(PolkitQuery *q)
+static int query_send(PolkitQuery *q, sd_bus *bus)
 {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL;
-        sd_bus *bus = sd_bus_message_get_bus(q->message);
         int r;
 
         r = sd_bus_message_new_method_call(bus, &call, POLKIT_SERVICE, POLKIT_AUTHORITY_PATH,
@@ -385,7 +388,7 @@ static int query_start(PolkitRegistry *registry, sd_bus_message *m, const char *
         }
         q->message = sd_bus_message_ref(m);
 
-        r = query_send(q);
+        r = query_send(q, registry->bus);
         if (r < 0)
                 return log_error_errno(r, "Failed to ask polkit about %s for %s: %m", action,
                                        query_subject(q, subject, sizeof(subject)));
@@ -431,7 +434,7 @@ int polkit_check_async(sd_bus_message *m, const char *action, const char *const 
                 return -ENOTCONN;
 
         if (!*registry) {
-                r = registry_new(bus, registry);
+                r = polkit_registry_new(bus, registry);
                 if (r < 0)
                         return r;
         }
@@ -474,6 +477,7 @@ PolkitRegistry *polkit_registry_free(PolkitRegistry *registry)
         while (registry->queries)
                 query_free(registry->queries);
         sd_event_source_disable_unref(registry->gc_source);
+        sd_bus_unref(registry->bus);
         free(registry);
         return NULL;
 }

@@ -30,6 +30,11 @@ typedef struct PolkitRegistry PolkitRegistry;
 int polkit_check_async(sd_bus_message *m, const char *action, const char *const *details,
                        const PeerCred *process, PolkitRegistry **registry);
 
+/* Creates the registry up front, bound to the bus polkitd is asked on (the system bus). A daemon
+ * that also takes calls on private connections must do this: otherwise the registry binds to the
+ * bus of the first message checked. */
+int polkit_registry_new(sd_bus *bus, PolkitRegistry **ret);
+
 PolkitRegistry *polkit_registry_free(PolkitRegistry *registry);
 static inline void polkit_registry_freep(PolkitRegistry **r)
 {

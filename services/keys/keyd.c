@@ -7,6 +7,7 @@
 #include "bus-util.h"
 #include "keyd.h"
 #include "keys-config.h"
+#include "keys-private.h"
 #include "log.h"
 #include "macro.h"
 
@@ -17,6 +18,7 @@ static void manager_free(Manager *m)
 {
         if (!m)
                 return;
+        private_connections_free(m);
         config_watch_free(m->config_watch);
         polkit_registry_free(m->polkit_registry);
         sd_bus_slot_unref(m->object_slot);
@@ -100,7 +102,8 @@ static bool manager_busy(void *userdata)
 {
         Manager *m = userdata;
 
-        return polkit_registry_busy(m->polkit_registry);
+        /* A private connection is work in hand: the gateway closes it when it is idle. */
+        return m->n_private_connections > 0 || polkit_registry_busy(m->polkit_registry);
 }
 
 static int manager_connect_bus(Manager *m)
@@ -113,6 +116,9 @@ static int manager_connect_bus(Manager *m)
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
                 return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+        r = polkit_registry_new(m->bus, &m->polkit_registry);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up polkit checks: %m");
         return keys_dbus_register(m);
 }
 

@@ -34,6 +34,10 @@ typedef struct Manager {
         ConfigWatch *config_watch;
 
         uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
+        struct PrivateConnection *private_connections;
+        unsigned n_private_connections;
 } Manager;
 
 int keys_dbus_register(Manager *m);
+/* Serves the Keys1 object on another connection (a private one). */
+int keys_dbus_add_object(Manager *m, sd_bus *bus, sd_bus_slot **ret_slot);

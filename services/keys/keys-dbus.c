@@ -5,6 +5,7 @@
  * and replies. Error messages use upstream's wording: the gateway passes them on to HTTP clients. */
 #include "keyd.h"
 #include "keys-handle.h"
+#include "keys-private.h"
 #include "log.h"
 #include "macro.h"
 
@@ -112,6 +113,14 @@ static int read_options(sd_bus_message *m, unsigned allowed, KeysOptions *ret, s
 
 /* Handle operations need no authorization, but a socket passed by a sender that may not delegate is
  * refused all the same: it must not look as if that were allowed. */
+/* The process at the other end of the private connection msg came in on, NULL for the bus. */
+static const PeerCred *connection_peer(Manager *m, sd_bus_message *msg)
+{
+        PrivateConnection *c = private_connection_of(m, msg);
+
+        return c ? private_connection_opener(c) : NULL;
+}
+
 static int check_delegation(Manager *m, sd_bus_message *msg, const KeysOptions *o,
                             sd_bus_error *error)
 {
@@ -120,7 +129,7 @@ static int check_delegation(Manager *m, sd_bus_message *msg, const KeysOptions *
 
         if (!(o->present & OPTION_CLIENT_SOCKET))
                 return 0;
-        r = bus_sender_uid(msg, &m->sender_uids, &uid);
+        r = bus_caller_uid(msg, connection_peer(m, msg), &m->sender_uids, &uid);
         if (r < 0)
                 return r;
         if (uid != 0 && uid != m->gateway_uid)
@@ -145,7 +154,8 @@ static int authorize(Manager *m, sd_bus_message *msg, const KeysOptions *o, cons
         BusCaller caller;
         int r;
 
-        r = bus_caller_resolve(msg, o->client_socket, m->gateway_uid, &m->sender_uids, &caller);
+        r = bus_caller_resolve(msg, connection_peer(m, msg), o->client_socket, m->gateway_uid,
+                               &m->sender_uids, &caller);
         if (r == -EPERM)
                 return check_delegation(m, msg, o, error) ?: -EPERM;
         if (r == -ENOTSOCK || r == -ESRCH || r == -EBADF)
@@ -170,7 +180,7 @@ static int authorize(Manager *m, sd_bus_message *msg, const KeysOptions *o, cons
         if (!denied)
                 return 1;
 
-        r = polkit_check_async(msg, action, details, caller.delegated ? &caller.peer : NULL,
+        r = polkit_check_async(msg, action, details, caller.process_subject ? &caller.peer : NULL,
                                &m->polkit_registry);
         if (r == 0)
                 return 0;
@@ -795,6 +805,35 @@ static int method_decrypt(sd_bus_message *msg, void *userdata, sd_bus_error *err
         return crypt_common(msg, userdata, /* encrypt= */ false, error);
 }
 
+static int method_open_private_connection(sd_bus_message *msg, void *userdata,
+                                          sd_bus_error *error)
+{
+        _cleanup_close_ int fd = -EBADF;
+        Manager *m = userdata;
+        KeysOptions o;
+        uid_t uid;
+        int r;
+
+        r = read_options(msg, 0, &o, error);
+        if (r < 0)
+                return r;
+        if (private_connection_of(m, msg) || sd_bus_message_get_bus(msg) != m->bus)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED,
+                                        "Private connections are opened on the system bus.");
+        r = bus_sender_uid(msg, &m->sender_uids, &uid);
+        if (r < 0)
+                return r;
+        if (uid != 0 && uid != m->gateway_uid)
+                return sd_bus_error_setf(error, KEYS_ERROR_NOT_AUTHORIZED,
+                                         "user %u may not open a private connection",
+                                         (unsigned)uid);
+
+        r = private_connection_open(m, msg, &fd);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to open a private connection: %m");
+        return sd_bus_reply_method_return(msg, "h", fd);
+}
+
 static const sd_bus_vtable keys_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("CreateKeyIfNotExists",
@@ -851,15 +890,23 @@ static const sd_bus_vtable keys_vtable[] = {
                                             "a{sv}", options),
                                 SD_BUS_RESULT("ay", plaintext), method_decrypt,
                                 SD_BUS_VTABLE_UNPRIVILEGED | SD_BUS_VTABLE_SENSITIVE),
+        SD_BUS_METHOD_WITH_ARGS("OpenPrivateConnection", SD_BUS_ARGS("a{sv}", options),
+                                SD_BUS_RESULT("h", connection), method_open_private_connection,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
+
+int keys_dbus_add_object(Manager *m, sd_bus *bus, sd_bus_slot **ret_slot)
+{
+        return sd_bus_add_object_vtable(bus, ret_slot, KEYS_OBJECT_PATH, KEYS_INTERFACE,
+                                        keys_vtable, m);
+}
 
 int keys_dbus_register(Manager *m)
 {
         int r;
 
-        r = sd_bus_add_object_vtable(m->bus, &m->object_slot, KEYS_OBJECT_PATH, KEYS_INTERFACE,
-                                     keys_vtable, m);
+        r = keys_dbus_add_object(m, m->bus, &m->object_slot);
         if (r < 0)
                 return log_error_errno(r, "Failed to register %s: %m", KEYS_OBJECT_PATH);
         return 0;

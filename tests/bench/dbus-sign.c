@@ -5,14 +5,20 @@
  *
  *   dbus-sign --seconds 5 --in-flight 1     one call at a time: round-trip latency
  *   dbus-sign --seconds 5 --in-flight 16    16 calls outstanding: throughput
+ *   --with-socket                           pass a socket with each call, as the gateway does
+ *   --private                               call over a private connection (OpenPrivateConnection)
+ *                                           rather than through dbus-daemon
  *
  * Prints one JSON object: calls per second and latency percentiles.
  */
+#include <fcntl.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <systemd/sd-bus.h>
 
@@ -23,6 +29,7 @@
 typedef struct Bench {
         sd_bus *bus;
         const char *handle;
+        int client_socket; /* passed as option "client-socket" with each call, as the gateway does */
         uint64_t deadline, record_from;
         uint64_t *lat;
         size_t n, allocated;
@@ -93,7 +100,9 @@ static int send_one(Bench *b)
                 r = sd_bus_message_append(m, "ss", b->handle, "HMAC-SHA256");
         if (r >= 0)
                 r = sd_bus_message_append_array(m, 'y', message, sizeof(message));
-        if (r >= 0)
+        if (r >= 0 && b->client_socket >= 0)
+                r = sd_bus_message_append(m, "a{sv}", 1, "client-socket", "h", b->client_socket);
+        else if (r >= 0)
                 r = sd_bus_message_append(m, "a{sv}", 0);
         if (r < 0)
                 return r;
@@ -110,6 +119,42 @@ static int send_one(Bench *b)
         return 0;
 }
 
+/* Replaces *bus by a private connection to keyd, asked for over *bus. */
+static int open_private(sd_bus **bus)
+{
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        sd_bus *p = NULL;
+        int fd, r;
+
+        r = sd_bus_call_method(*bus, "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1",
+                               "OpenPrivateConnection", &error, &reply, "a{sv}", 0);
+        if (r < 0) {
+                fprintf(stderr, "OpenPrivateConnection: %s\n", error.message ?: strerror(-r));
+                return r;
+        }
+        r = sd_bus_message_read(reply, "h", &fd);
+        if (r >= 0)
+                r = fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (r >= 0)
+                r = sd_bus_new(&p);
+        if (r >= 0)
+                r = sd_bus_set_fd(p, fd, fd);
+        if (r >= 0)
+                r = sd_bus_set_anonymous(p, 1);
+        if (r >= 0)
+                r = sd_bus_negotiate_fds(p, 1);
+        if (r >= 0)
+                r = sd_bus_start(p);
+        if (r < 0) {
+                fprintf(stderr, "private connection: %s\n", strerror(-r));
+                return r;
+        }
+        /* Keep the system bus connection: keyd stays while the private one is open. */
+        *bus = p;
+        return 0;
+}
+
 static int cmp(const void *a, const void *b)
 {
         uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -122,13 +167,17 @@ int main(int argc, char *argv[])
                 { "seconds", required_argument, NULL, 't' },
                 { "warmup", required_argument, NULL, 'w' },
                 { "in-flight", required_argument, NULL, 'k' },
+                { "with-socket", no_argument, NULL, 's' },
+                { "private", no_argument, NULL, 'p' },
                 {},
         };
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         double seconds = 5, warmup = 1, elapsed;
         unsigned in_flight = 1;
-        Bench b = {};
+        bool private_connection = false;
+        Bench b = { .client_socket = -1 };
+        int pair[2];
         uint64_t start;
         int c, r;
 
@@ -137,10 +186,17 @@ int main(int argc, char *argv[])
                 case 't': seconds = atof(optarg); break;
                 case 'w': warmup = atof(optarg); break;
                 case 'k': in_flight = (unsigned)atoi(optarg); break;
+                case 's':
+                        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+                                return EXIT_FAILURE;
+                        b.client_socket = pair[0];
+                        break;
+                case 'p': private_connection = true; break;
                 default: return EXIT_FAILURE;
                 }
         if (seconds <= 0 || seconds > 600 || in_flight < 1 || in_flight > 1024) {
-                fprintf(stderr, "usage: dbus-sign [--seconds S] [--warmup S] [--in-flight 1..1024]\n");
+                fprintf(stderr, "usage: dbus-sign [--seconds S] [--warmup S] [--in-flight 1..1024] "
+                                "[--with-socket]\n");
                 return EXIT_FAILURE;
         }
 
@@ -158,6 +214,8 @@ int main(int argc, char *argv[])
         }
         r = sd_bus_message_read(reply, "s", &b.handle);
         if (r < 0)
+                return EXIT_FAILURE;
+        if (private_connection && open_private(&b.bus) < 0)
                 return EXIT_FAILURE;
 
         start = now_ns();
