@@ -102,7 +102,7 @@ IN_SIGNATURES = {
     "DeleteKey": "sa{sv}", "CreateKeyPairIfNotExists": "sasa{sv}", "LoadKeyPair": "sa{sv}",
     "MoveKeyPair": "ssa{sv}", "DeleteKeyPair": "sa{sv}", "GetKeyPairPublicParameter": "ssa{sv}",
     "CreateDerivedKey": "saya{sv}", "ExportDerivedKey": "sa{sv}", "Sign": "ssaya{sv}",
-    "Encrypt": "ssaya{sv}", "Decrypt": "ssaya{sv}",
+    "Encrypt": "ssaya{sv}", "Decrypt": "ssaya{sv}", "OpenPrivateConnection": "a{sv}",
     "org.freedesktop.DBus.Introspectable.Introspect": "", "org.freedesktop.DBus.Peer.Ping": "",
     "org.freedesktop.DBus.Properties.GetAll": "s",
 }
@@ -1757,6 +1757,127 @@ class CrashSafetyTest(KeydTestCase):
 
 # ---------------------------------------------------------------------------------------------
 # 7. Activation and idle exit
+
+
+class PrivateConnection:
+    """A private connection to keyd (OpenPrivateConnection), spoken with GDBus: dbus-python cannot
+    take a connection from a file descriptor."""
+
+    def __init__(self, fd):
+        from gi.repository import Gio, GLib
+        self.Gio, self.GLib = Gio, GLib
+        sock = Gio.Socket.new_from_fd(fd)
+        stream = sock.connection_factory_create_connection()
+        self.conn = Gio.DBusConnection.new_sync(
+            stream, None, Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT, None, None)
+
+    def call(self, method, signature, args, fds=()):
+        Gio, GLib = self.Gio, self.GLib
+        fd_list = Gio.UnixFDList.new()
+        for fd in fds:
+            fd_list.append(fd)
+        try:
+            result, _ = self.conn.call_with_unix_fd_list_sync(
+                None, KEYS_PATH, KEYS_NAME, method, GLib.Variant(f"({signature})", args), None,
+                Gio.DBusCallFlags.NONE, CALL_TIMEOUT * 1000, fd_list, None)
+        except GLib.Error as e:
+            name = Gio.DBusError.get_remote_error(e)
+            prefix = f"GDBus.Error:{name}: "
+            message = e.message[len(prefix):] if e.message.startswith(prefix) else e.message
+            raise CallError(name, message)
+        return result.unpack()
+
+    def close(self):
+        if not self.conn.is_closed():
+            try:
+                self.conn.close_sync(None)
+            except self.GLib.Error:
+                pass  # keyd closed it first
+
+
+class PrivateConnectionTest(KeydTestCase):
+    """OpenPrivateConnection: the gateway's way around dbus-daemon."""
+
+    keyd_scope = None
+
+    def open_private(self):
+        handle_fd = self.stack.bus().call_blocking(
+            KEYS_NAME, KEYS_PATH, KEYS_NAME, "OpenPrivateConnection", "a{sv}", (OPTS,))
+        connection = PrivateConnection(handle_fd.take())
+        self.addCleanup(connection.close)
+        return connection
+
+    def test_calls_on_a_private_connection(self):
+        self.start_keyd(self.state)
+        private = self.open_private()
+        key = os.urandom(32)
+        (handle,) = private.call("ImportKey", "sayasa{sv}", ("p-sym", key, ["sign"], {}))
+        (sig,) = private.call("Sign", "ssaya{sv}", (handle, "HMAC-SHA256", b"m", {}))
+        self.assertEqual(bytes(sig), hmac256(key, b"m"))
+        # The same key, seen through the bus.
+        self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", b"n", OPTS), hmac256(key, b"n"))
+        # Errors keep their names on the private connection.
+        with self.assertRaises(CallError) as e:
+            private.call("Sign", "ssaya{sv}", ("garbage", "HMAC-SHA256", b"m", {}))
+        self.assertEqual((e.exception.name, e.exception.message), (INVALID_PARAMETER,
+                                                                   INVALID_HANDLE))
+        with self.assertRaises(CallError) as e:
+            private.call("LoadKey", "sa{sv}", (HVK, {}))
+        self.assertEqual(e.exception.name, NOT_AUTHORIZED)
+        # Not again from a private connection.
+        with self.assertRaises(CallError) as e:
+            private.call("OpenPrivateConnection", "a{sv}", ({},))
+        self.assertEqual(e.exception.name, "org.freedesktop.DBus.Error.NotSupported")
+
+    def test_only_root_and_the_gateway_user_may_open_one(self):
+        self.start_keyd(self.state)
+        a = self.client_as(USER_A)
+        self.assertEqual(outcome_of(lambda: a.call("OpenPrivateConnection", OPTS)),
+                         (NOT_AUTHORIZED,
+                          f"user {self.uid_a} may not open a private connection"))
+
+    def test_delegated_socket_on_a_private_connection(self):
+        self.start_keyd(self.state)
+        self.call("ImportKey", "k-sym", os.urandom(32), ["sign"], OPTS)
+        private = self.open_private()
+        peer, conn = self.peer_as(USER_A)
+        args = ("k-sym", {"client-socket": self.GLib_handle(0)})
+        with self.assertRaises(CallError) as e:
+            private.call("LoadKey", "sa{sv}", args, fds=[conn.fileno()])
+        self.assertEqual((e.exception.name, e.exception.message),
+                         (NOT_AUTHORIZED, f"user {self.uid_a} is not authorized to access the "
+                                          "key k-sym"))
+        self.add_rules(
+            'polkit.addRule(function(action, subject) {\n'
+            '    if (action.id == "org.aziot.keys.load" && subject.user == "%s" &&\n'
+            '        subject.pid == %d && action.lookup("key_id") == "k-sym")\n'
+            '        return polkit.Result.YES;\n'
+            '});\n' % (USER_A, peer.pid))
+        (handle,) = private.call("LoadKey", "sa{sv}", args, fds=[conn.fileno()])
+        self.assertTrue(handle.startswith("sr="))
+        # Without the socket the opener (root) is the caller.
+        (handle,) = private.call("LoadKey", "sa{sv}", ("k-sym", {}))
+        self.assertTrue(handle.startswith("sr="))
+
+    def GLib_handle(self, index):
+        from gi.repository import GLib
+        return GLib.Variant("h", index)
+
+    def test_keyd_stays_while_a_private_connection_is_open(self):
+        self.stack.write_service_file(KEYS_NAME, [KEYD, "--idle-timeout=1"],
+                                      env=self.state.env())
+        private = self.open_private()
+        pid = int(self.stack.bus().call_blocking(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID", "s", (KEYS_NAME,)))
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            self.assertTrue(os.path.exists(f"/proc/{pid}"))
+            time.sleep(0.1)
+        self.assertTrue(self.stack.name_has_owner(KEYS_NAME))
+        private.close()
+        self.stack.wait_for_name_gone(KEYS_NAME, timeout=10)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "keyd to exit")
 
 
 class ActivationTest(KeydTestCase):
