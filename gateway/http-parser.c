@@ -315,16 +315,6 @@ int http_parse_head(const char *buf, size_t len, HttpRequestHead *ret)
         return r;
 }
 
-static int hex_digit(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 /* "1a;name=value": the size, then extensions we ignore (but check). */
 static int parse_chunk_size(const char *line, size_t n, uint64_t *ret)
@@ -332,10 +322,10 @@ static int parse_chunk_size(const char *line, size_t n, uint64_t *ret)
         uint64_t size = 0;
         size_t i = 0;
 
-        for (; i < n && hex_digit(line[i]) >= 0; i++) {
+        for (; i < n && unhexchar(line[i]) >= 0; i++) {
                 if (i >= 15)
                         return -EBADMSG; /* more than we could ever accept anyway */
-                size = size << 4 | (uint64_t)hex_digit(line[i]);
+                size = size << 4 | (uint64_t)unhexchar(line[i]);
         }
         if (i == 0)
                 return -EBADMSG;

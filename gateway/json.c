@@ -338,16 +338,6 @@ static void append_utf8(Buffer *out, uint32_t cp)
         }
 }
 
-static int hex_value(char c)
-{
-        if (is_digit(c))
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 /* The four hex digits after "\u". */
 static int read_hex4(JsonReader *r, uint32_t *ret)
@@ -359,7 +349,7 @@ static int read_hex4(JsonReader *r, uint32_t *ret)
                 return fail(r, "EOF while parsing a string");
         }
         for (int i = 0; i < 4; i++) {
-                int h = hex_value(r->text[r->index + i]);
+                int h = unhexchar(r->text[r->index + i]);
 
                 if (h < 0) {
                         r->index += 4;

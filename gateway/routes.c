@@ -32,16 +32,6 @@ void route_split_target(const char *target, const char **ret_path, size_t *ret_p
         *ret_query_len = q ? (size_t)(end - q - 1) : 0;
 }
 
-static int hex_nibble(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 void percent_decode(Buffer *out, const char *s, size_t n, bool plus_is_space)
 {
@@ -52,8 +42,8 @@ void percent_decode(Buffer *out, const char *s, size_t n, bool plus_is_space)
                         buffer_append_byte(out, ' ');
                         continue;
                 }
-                if (s[i] == '%' && i + 2 < n && (hi = hex_nibble(s[i + 1])) >= 0 &&
-                    (lo = hex_nibble(s[i + 2])) >= 0) {
+                if (s[i] == '%' && i + 2 < n && (hi = unhexchar(s[i + 1])) >= 0 &&
+                    (lo = unhexchar(s[i + 2])) >= 0) {
                         buffer_append_byte(out, (char)(hi << 4 | lo));
                         i += 2;
                         continue;

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "utf8.h"
+
 /* A growable byte buffer. data is NUL-terminated whenever len > 0 (the terminator is not
  * counted). error is sticky: after a failed allocation every append is a no-op. */
 typedef struct Buffer {
@@ -24,13 +26,6 @@ void buffer_appendf(Buffer *b, const char *format, ...) __attribute__((format(pr
 /* Wipes the contents (they may be key material) and frees. Code that shortens len must wipe the
  * bytes it drops. */
 void buffer_done(Buffer *b);
-
-/* Decodes one UTF-8 sequence at s (n bytes available). Returns its length and the code point, or 0
- * when s does not start with a well-formed sequence; *ret_bad is then the length of the maximal
- * ill-formed prefix to replace with one U+FFFD (at least 1), as Rust's from_utf8_lossy does. */
-size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *ret_cp, size_t *ret_bad);
-
-bool utf8_is_valid(const char *s, size_t n);
 
 /* Appends s with every ill-formed sequence replaced by U+FFFD. */
 void utf8_append_lossy(Buffer *b, const char *s, size_t n);

@@ -155,6 +155,18 @@ static inline bool endswith(const char *s, const char *suffix)
         return sl >= xl && memcmp(s + sl - xl, suffix, xl) == 0;
 }
 
+/* The value of a hexadecimal digit, or -1. */
+static inline int unhexchar(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
 /* Negative errno from an errno value, never 0 (a failing call that left errno unset still fails). */
 static inline int negative_errno(void)
 {

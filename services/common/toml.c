@@ -894,16 +894,6 @@ static size_t utf8_encode(uint32_t cp, char out[static 4])
         return 4;
 }
 
-static int hex_digit_value(int c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 static int parse_unicode_escape(Parser *P, Buf *b)
 {
@@ -913,7 +903,7 @@ static int parse_unicode_escape(Parser *P, Buf *b)
         uint32_t cp = 0;
 
         for (size_t i = 0; i < n; i++) {
-                int d = hex_digit_value(peek_at(P, 2 + i));
+                int d = unhexchar(peek_at(P, 2 + i));
 
                 if (d < 0)
                         return parse_error(P, at,
@@ -1208,7 +1198,7 @@ static int parse_key(Parser *P, Key *key)
 
 static int digit_value(int c, int base)
 {
-        int d = hex_digit_value(c);
+        int d = unhexchar(c);
 
         return d < base ? d : -1;
 }

@@ -10,8 +10,10 @@
 #include "atomic-file.h"
 #include "keys-crypto.h"
 #include "keys-fs.h"
-#include "keys-util.h"
+#include "base64.h"
+#include "utf8.h"
 #include "log.h"
+#include "macro.h"
 
 /*
  * Internally every function returns 0 or a negative errno. At the ABI boundary the errors the
@@ -568,16 +570,6 @@ static int entry_unlink(KeyEntry *e)
 
 /* ---- set_parameter ---- */
 
-static int unhex(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
 
 /* file:///abs/path or file://localhost/abs/path, percent-decoded. */
 static int file_uri_to_path(const char *uri, char **ret)
@@ -602,8 +594,8 @@ static int file_uri_to_path(const char *uri, char **ret)
                         *o++ = *s;
                         continue;
                 }
-                hi = unhex(s[1]);
-                lo = hi < 0 ? -1 : unhex(s[2]);
+                hi = unhexchar(s[1]);
+                lo = hi < 0 ? -1 : unhexchar(s[2]);
                 if (lo < 0 || (hi == 0 && lo == 0)) {
                         free(path);
                         return -EINVAL;

@@ -3,7 +3,8 @@
 #include <openssl/rand.h>
 
 #include "keys-handle.h"
-#include "keys-util.h"
+#include "base64.h"
+#include "utf8.h"
 #include "log.h"
 
 static const char *const error_strings[_KEYS_HANDLE_ERR_MAX] = {
@@ -184,7 +185,7 @@ static int sr_json_build(KeysHandleKind kind, const char *id, const uint8_t *dat
 
         if (RAND_bytes(nonce, sizeof(nonce)) != 1)
                 return log_error_errno(EIO, "Failed to generate a handle nonce.");
-        nonce_b64 = base64_encode(nonce, sizeof(nonce));
+        nonce_b64 = base64_encode_alloc(nonce, sizeof(nonce));
         if (!nonce_b64)
                 return -ENOMEM;
 
@@ -221,8 +222,8 @@ static int handle_mint(const KeysHandleSigner *s, KeysHandleKind kind, const cha
         if (r >= 0)
                 r = s->mac(s->userdata, sr.data, sr.len, mac);
         if (r >= 0) {
-                sr_b64 = base64_encode(sr.data, sr.len);
-                sig_b64 = base64_encode(mac, sizeof(mac));
+                sr_b64 = base64_encode_alloc(sr.data, sr.len);
+                sig_b64 = base64_encode_alloc(mac, sizeof(mac));
         }
         buf_done(&sr);
         if (r < 0)
@@ -553,9 +554,9 @@ static int handle_authenticate(const KeysHandleSigner *s, const char *handle, ui
         r = handle_split(handle, &sr_b64, &sr_b64_len, &sig_b64, &sig_b64_len);
         if (r != 0)
                 return r;
-        r = base64_decode_strict(sr_b64, sr_b64_len, &sr, &sr_len);
+        r = base64_decode_alloc(sr_b64, sr_b64_len, &sr, &sr_len);
         if (r >= 0)
-                r = base64_decode_strict(sig_b64, sig_b64_len, &sig, &sig_len);
+                r = base64_decode_alloc(sig_b64, sig_b64_len, &sig, &sig_len);
         if (r == -ENOMEM)
                 return r;
         if (r < 0 || sig_len != KEYS_HANDLE_MAC_SIZE || !utf8_is_valid((char *)sr, sr_len))

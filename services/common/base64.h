@@ -2,7 +2,7 @@
 #pragma once
 
 /* Standard base64 (RFC 4648 alphabet, '=' padding), the encoding of every byte string on the local
- * HTTP APIs. Decoding is strict like upstream's: padding is required and canonical, and the unused
+ * HTTP APIs and inside key handles. Decoding is strict like upstream's: padding is required and canonical, and the unused
  * low bits of the last symbol must be zero. */
 
 #include <stddef.h>
@@ -24,3 +24,10 @@ int base64_validate(const char *text, size_t len, char *message, size_t size);
 /* Decodes text into out, which may be text itself (the result is never longer). Returns 0 with the
  * number of bytes written in *ret_len, or -EINVAL when text is not valid. */
 int base64_decode(const char *text, size_t len, uint8_t *out, size_t *ret_len);
+
+/* The encoding of data as a new NUL-terminated string; NULL when out of memory. */
+char *base64_encode_alloc(const void *data, size_t n);
+
+/* Decodes strictly into a new buffer, NUL-terminated (not counted in *ret_len) so that decoded text
+ * can be used as a string. -EINVAL for invalid text, -ENOMEM. */
+int base64_decode_alloc(const char *text, size_t len, uint8_t **ret, size_t *ret_len);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "base64.h"
 
@@ -123,6 +124,43 @@ int base64_decode(const char *text, size_t len, uint8_t *out, size_t *ret_len)
                         acc &= (1u << bits) - 1;
                 }
         }
+        *ret_len = n;
+        return 0;
+}
+
+char *base64_encode_alloc(const void *data, size_t n)
+{
+        char *out;
+
+        if (n > (SIZE_MAX - 1) / 4 * 3 - 3)
+                return NULL;
+        out = malloc(base64_encoded_len(n) + 1);
+        if (!out)
+                return NULL;
+        base64_encode(data, n, out);
+        out[base64_encoded_len(n)] = 0;
+        return out;
+}
+
+int base64_decode_alloc(const char *text, size_t len, uint8_t **ret, size_t *ret_len)
+{
+        uint8_t *out;
+        size_t n;
+        int r;
+
+        r = base64_validate(text, len, NULL, 0);
+        if (r < 0)
+                return r;
+        out = malloc(len / 4 * 3 + 1);
+        if (!out)
+                return -ENOMEM;
+        r = base64_decode(text, len, out, &n);
+        if (r < 0) {
+                free(out);
+                return r;
+        }
+        out[n] = 0;
+        *ret = out;
         *ret_len = n;
         return 0;
 }
