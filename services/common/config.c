@@ -288,23 +288,6 @@ int config_load(const char *svc, TomlValue **ret, ConfigError *ret_error)
         return config_load_files(main_path, dir, ret, ret_error);
 }
 
-static const char *with_article(TomlType t)
-{
-        static const char *const names[_TOML_TYPE_MAX] = {
-                [TOML_STRING] = "a string",
-                [TOML_INTEGER] = "an integer",
-                [TOML_FLOAT] = "a float",
-                [TOML_BOOL] = "a boolean",
-                [TOML_DATETIME] = "a date-time",
-                [TOML_DATETIME_LOCAL] = "a local date-time",
-                [TOML_DATE_LOCAL] = "a local date",
-                [TOML_TIME_LOCAL] = "a local time",
-                [TOML_ARRAY] = "an array",
-                [TOML_TABLE] = "a table",
-        };
-        return (unsigned)t < _TOML_TYPE_MAX ? names[t] : "an unknown value";
-}
-
 static int get_typed(const TomlValue *table, const char *key, TomlType type,
                      const TomlValue **ret, ConfigError *ret_error)
 {
@@ -314,7 +297,7 @@ static int get_typed(const TomlValue *table, const char *key, TomlType type,
                 return -ENOENT;
         if (v->type != type) {
                 config_error_at(ret_error, v, "\"%s\" must be %s, not %s", key,
-                                with_article(type), with_article(v->type));
+                                toml_type_with_article(type), toml_type_with_article(v->type));
                 return -EMEDIUMTYPE;
         }
         *ret = v;

@@ -94,6 +94,8 @@ static inline void toml_value_freep(TomlValue **v)
 #define _cleanup_toml_ __attribute__((cleanup(toml_value_freep)))
 
 const char *toml_type_to_string(TomlType t);
+/* "a string", "an integer", "a table", … for messages. */
+const char *toml_type_with_article(TomlType t);
 
 /* Construction and mutation (used by the parser and by the config merge). */
 TomlValue *toml_value_new(TomlType type);
