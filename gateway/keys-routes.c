@@ -56,17 +56,36 @@ static int decode_body(RouteCall *call, Decoded *d)
         return r < 0 ? r : 1;
 }
 
-/* D-Bus strings cannot hold U+0000, which JSON and percent-encoding can: such an argument is
- * refused here as keyd would refuse it. Returns 1 when s is fine, 0 once answered. */
-static int check_no_nul(RouteCall *call, const char *name, const char *s, size_t len)
+/* 400 'parameter "<name>" has an invalid value' with its cause, logged as upstream logs it. */
+static void reply_invalid_parameter(RouteCall *call, const char *name, const char *cause)
 {
         Buffer message = {};
 
-        if (!memchr(s, 0, len))
-                return 1;
-        buffer_appendf(&message, "parameter \"%s\" has an invalid value", name);
+        buffer_appendf(&message, "parameter \"%s\" has an invalid value\ncaused by: %s", name,
+                       cause);
+        log_info("!!! parameter \"%s\" has an invalid value", name);
+        log_info("!!! caused by: %s", cause);
         route_reply_error(call, 400, message.data ?: "a parameter has an invalid value");
         buffer_done(&message);
+}
+
+/* D-Bus strings cannot hold U+0000, which JSON and percent-encoding can: such an argument is
+ * refused here with upstream's answer. An id fails there as a C string, with Rust's NulError for
+ * cause; a handle fails to decode. Returns 1 when s has no NUL, 0 once answered. */
+static int check_no_nul(RouteCall *call, const char *name, const char *s, size_t len)
+{
+        const char *nul = memchr(s, 0, len);
+        char cause[80];
+
+        if (!nul)
+                return 1;
+        if (streq(name, "handle")) {
+                reply_invalid_parameter(call, name, "invalid handle");
+                return 0;
+        }
+        snprintf(cause, sizeof(cause), "nul byte found in provided data at position: %zu",
+                 (size_t)(nul - s));
+        reply_invalid_parameter(call, name, cause);
         return 0;
 }
 
@@ -331,8 +350,9 @@ static int handle_move(RouteCall *call, const char *type)
                 buffer_done(&message);
                 return 0;
         }
-        if (!check_no_nul(call, "id", from->data, from->len) ||
-            !check_no_nul(call, "id", to, call->param_lens[0]))
+        /* Upstream names the two ids "from" and "to" here. */
+        if (!check_no_nul(call, "from", from->data, from->len) ||
+            !check_no_nul(call, "to", to, call->param_lens[0]))
                 return 0;
 
         r = route_new_method_call(call, "MoveKeyPair", &m);
@@ -389,9 +409,12 @@ static int handle_get_parameter(RouteCall *call)
         r = decode_body(call, &d);
         if (r <= 0)
                 return r;
-        if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len) ||
-            !check_no_nul(call, "parameter_name", name, call->param_lens[0]))
+        if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len))
                 return 0;
+        /* A name holding U+0000 is no parameter upstream knows (400 "a parameter has an invalid
+         * value", after the handle is checked): keyd is asked for one it does not know either. */
+        if (memchr(name, 0, call->param_lens[0]))
+                name = "";
 
         r = route_new_method_call(call, "GetKeyPairPublicParameter", &m);
         if (r >= 0)

@@ -3,8 +3,10 @@
 #
 # The measurements behind docs/design.md, "Gateway: HTTP server and event loop":
 #   gateway/measure/measure.sh BUILD_DIR [SECONDS]
-# Needs `ninja -C BUILD_DIR gateway-measure tests/bench/http-load aziot-gatewayd` first. Starts a
-# private dbus-daemon and the measured processes, prints the figures, stops everything it started.
+# Needs `ninja -C BUILD_DIR gateway-measure tests/bench/http-load gateway/aziot-gatewayd
+# services/keys/aziot-keyd` first, and curl. Starts private dbus-daemons and the measured processes
+# ((c): the real aziot-keyd, its home in a temporary directory), prints the figures, stops everything
+# it started.
 set -euo pipefail
 
 BUILD=$(cd "${1:?usage: measure.sh BUILD_DIR [SECONDS]}" && pwd)
@@ -74,39 +76,75 @@ for request in [b"GET /x HTTP/1.1\r\n\r\n", b"GET /x HTTP/1.1\r\nHost: /run/azio
     s.close()
 EOF
 
-sign_runs() { # sign_runs LABEL MOCK-ARGS...: (c) with mock-keyd started with MOCK-ARGS
-    echo "== (c) POST /sign through aziot-gatewayd -> $1 -> mock-keyd, ${SECONDS_PER_RUN} s per run"
-    start mock-keyd "$M/mock-keyd" "${@:2}"; MOCK=$LAST
-    AZIOT_KEYD_CONFIG="$TMP/keyd.toml" AZIOT_KEYD_CONFIG_DIR="$TMP/none" AZIOT_LOG=info \
-        start gatewayd "$BUILD/gateway/aziot-gatewayd" --keyd-socket "$TMP/keyd.sock"
+sign_runs() { # sign_runs LABEL BUS-ADDRESS BUS-PID: (c) with aziot-keyd on that bus
+    echo "== (c) POST /sign through aziot-gatewayd -> $1 -> aziot-keyd, ${SECONDS_PER_RUN} s per run"
+    rm -rf "$TMP/keyd-home" "$TMP/keyd.sock"
+    mkdir -m 0700 "$TMP/keyd-home"
+    local env=(DBUS_SYSTEM_BUS_ADDRESS="$2" AZIOT_KEYD_CONFIG="$TMP/keyd.toml"
+               AZIOT_KEYD_CONFIG_DIR="$TMP/none" AZIOT_LOG=info)
+    start keyd env "${env[@]}" "$BUILD/services/keys/aziot-keyd" --idle-timeout=0; KEYD=$LAST
+    start gatewayd env "${env[@]}" "$BUILD/gateway/aziot-gatewayd" --keyd-socket "$TMP/keyd.sock"
     GW=$LAST
-    sleep 0.5
+    # keyd is not bus-activated here: ask until it owns its name and answers.
+    local handle="" i
+    for i in $(seq 200); do
+        handle=$(curl -s --unix-socket "$TMP/keyd.sock" -X POST -H 'Content-Type: application/json' \
+            -d '{"keyId":"bench","usage":"sign"}' 'http://keyd.sock/key?api-version=2021-05-01' |
+            sed -n 's/^{"keyHandle":"\(.*\)"}$/\1/p') || true
+        [ -n "$handle" ] && break
+        sleep 0.05
+    done
+    [ -n "$handle" ] || { echo "keyd did not answer through the gateway" >&2; exit 1; }
+    printf '{"keyHandle":"%s","algorithm":"HMAC-SHA256","parameters":{"message":"aGVsbG8gd29ybGQ="}}' \
+        "$handle" >"$TMP/sign.json"
     echo "aziot-gatewayd idle: $(rss "$GW")"
     # One second of load first: the private connection is asked for on the first call.
     "$BUILD/tests/bench/http-load" --socket "$TMP/keyd.sock" --seconds 1 --warmup 0 --method POST \
         --path '/sign?api-version=2021-05-01' --body-file "$TMP/sign.json" >/dev/null
-    BUS=$(sed -n 2p "$TMP/bus.out")
+    BUS=$3
     TICK=$(getconf CLK_TCK)
     for run in 1 2 3; do
         for conns in 1 16; do
-            g0=$(cpu_ticks "$GW"); b0=$(cpu_ticks "$BUS"); k0=$(cpu_ticks "$MOCK")
+            g0=$(cpu_ticks "$GW"); b0=$(cpu_ticks "$BUS"); k0=$(cpu_ticks "$KEYD")
             out=$("$BUILD/tests/bench/http-load" --socket "$TMP/keyd.sock" --connections "$conns" \
                 --seconds "$SECONDS_PER_RUN" --warmup 0 --method POST \
                 --path '/sign?api-version=2021-05-01' --body-file "$TMP/sign.json")
-            g1=$(cpu_ticks "$GW"); b1=$(cpu_ticks "$BUS"); k1=$(cpu_ticks "$MOCK")
+            g1=$(cpu_ticks "$GW"); b1=$(cpu_ticks "$BUS"); k1=$(cpu_ticks "$KEYD")
             echo "$out"
             n=$(echo "$out" | sed 's/.*"requests": \([0-9]*\).*/\1/')
             awk -v n="$n" -v t="$TICK" -v g=$((g1 - g0)) -v b=$((b1 - b0)) -v k=$((k1 - k0)) 'BEGIN {
-                printf "   CPU per request: gateway %.1f us, dbus-daemon %.1f us, mock-keyd %.1f us\n",
+                printf "   CPU per request: gateway %.1f us, dbus-daemon %.1f us, aziot-keyd %.1f us\n",
                     g / t * 1e6 / n, b / t * 1e6 / n, k / t * 1e6 / n }'
         done
     done
     echo "aziot-gatewayd after the runs: $(rss "$GW"), peak $(awk '/^VmHWM/ {print $2}' "/proc/$GW/status") kB"
-    kill "$GW" "$MOCK"
-    wait "$GW" "$MOCK" 2>/dev/null || true
+    kill "$GW" "$KEYD"
+    wait "$GW" "$KEYD" 2>/dev/null || true
 }
 
-echo 'max_requests = 64' >"$TMP/keyd.toml"
-printf '%s' '{"keyHandle":"sr=x&sig=y","algorithm":"HMAC-SHA256","parameters":{"message":"aGVsbG8gd29ybGQ="}}' >"$TMP/sign.json"
-sign_runs "dbus-daemon" --no-private
-sign_runs "a private connection (OpenPrivateConnection)"
+printf 'max_requests = 64\n[aziot_keys]\nhomedir_path = "%s/keyd-home"\n' "$TMP" >"$TMP/keyd.toml"
+# The path through dbus-daemon: a bus that refuses OpenPrivateConnection, so that the gateway
+# calls keyd over the bus, as it does any service that offers no private connection.
+cat >"$TMP/no-private.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$TMP/no-private-bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow own="*"/>
+  </policy>
+  <policy context="mandatory">
+    <deny send_interface="org.aziot.Keys1" send_member="OpenPrivateConnection"/>
+  </policy>
+</busconfig>
+CONF
+dbus-daemon --config-file="$TMP/no-private.conf" --fork --print-address=1 --print-pid=1 \
+    >"$TMP/no-private.out"
+PIDS+=("$(sed -n 2p "$TMP/no-private.out")")
+sign_runs "dbus-daemon" "$(sed -n 1p "$TMP/no-private.out")" "$(sed -n 2p "$TMP/no-private.out")"
+sign_runs "a private connection (OpenPrivateConnection)" "$DBUS_SYSTEM_BUS_ADDRESS" \
+    "$(sed -n 2p "$TMP/bus.out")"

@@ -551,9 +551,14 @@ static int method_get_public_parameter(sd_bus_message *msg, void *userdata, sd_b
         for (size_t i = 0; i < ELEMENTSOF(public_parameters); i++)
                 if (streq(name, public_parameters[i].name))
                         type = (int)public_parameters[i].type;
-        if (type < 0 || h->kind != KEYS_HANDLE_KEY_PAIR)
+        if (type < 0)
                 return sd_bus_error_set(error, KEYS_ERROR_INVALID_PARAMETER,
                                         "a parameter has an invalid value");
+        /* Upstream reads the key file of a symmetric (or the base of a derived) handle as a key
+         * pair, fails to parse it and answers 500 (spec §2.3 #8): Failed, not InvalidParameter. */
+        if (h->kind != KEYS_HANDLE_KEY_PAIR)
+                return reply_store_error(error, AZIOT_KEYS_RC_ERR_EXTERNAL,
+                                         "Reading a public parameter of a symmetric key");
 
         rc = m->keys->get_key_pair_parameter(h->id, (AZIOT_KEYS_KEY_PAIR_PARAMETER_TYPE)type, NULL,
                                              &len);

@@ -971,8 +971,9 @@ class BadInputTest(KeydTestCase):
                          OPTS)
         self.assertFails(INVALID_PARAMETER, NOT_DERIVED, self.root, "ExportDerivedKey", self.ec,
                          OPTS)
+        # Upstream reads a symmetric key's file as a key pair and fails: 500 (spec §2.3 #8).
         for handle in (self.sym, self.derived):
-            self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "GetKeyPairPublicParameter",
+            self.assertFails(FAILED, INTERNAL, self.root, "GetKeyPairPublicParameter",
                              handle, "algorithm", OPTS)
         # The right kind, the wrong algorithm of key pair.
         self.assertFails(INVALID_PARAMETER, BAD_VALUE, self.root, "Sign", self.rsa, "ECDSA",

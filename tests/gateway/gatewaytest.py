@@ -1,12 +1,11 @@
 # SPDX-License-Identifier: MIT
-"""Fixtures of the gateway's process tests: a private dbus-daemon, the built aziot-gatewayd on a
-temporary socket, an optional stand-in for keyd (mock_keyd.py), and a small raw HTTP client."""
+"""Fixtures of the gateway's generic HTTP tests: a private dbus-daemon with no service on it, the
+built aziot-gatewayd on a temporary socket, and the raw HTTP client of tests/lib/aziot_http.py.
+What needs keyd is tested against the real one, in test_keys_http.py."""
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,8 +15,10 @@ import unittest
 BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR", "build")
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
-MOCK_KEYD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_keyd.py")
 API = "api-version=2021-05-01"
+
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+from aziot_http import Connection, request_bytes  # noqa: E402
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -43,88 +44,9 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-class Response:
-    def __init__(self, status, reason, headers, body, raw_head):
-        self.status = status
-        self.reason = reason
-        self.headers = headers  # list of (name lower-cased, value bytes)
-        self.body = body
-        self.raw_head = raw_head
-
-    def header(self, name):
-        values = [v for n, v in self.headers if n == name]
-        return values[0] if values else None
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class Connection:
-    """A raw HTTP/1.1 client over a Unix socket: sends bytes as given, parses responses."""
-
-    def __init__(self, path, timeout=5.0):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError("connection closed")
-        self.buf += data
-
-    def read_response(self, head_request=False):
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        version, status, reason = lines[0].split(b" ", 2)
-        assert version == b"HTTP/1.1", lines[0]
-        headers = []
-        for line in lines[1:]:
-            name, value = line.split(b":", 1)
-            headers.append((name.decode().lower(), value.strip()))
-        length = [int(v) for n, v in headers if n == "content-length"]
-        n = 0 if head_request or not length else length[0]
-        while len(self.buf) < n:
-            self._fill()
-        body, self.buf = self.buf[:n], self.buf[n:]
-        return Response(int(status), reason.decode(), headers, body, head)
-
-    def is_closed(self, timeout=2.0):
-        """True when the server closed the connection (EOF or reset) with nothing more sent."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            return True
-        return data == b"" and self.buf == b""
-
-
-def request_bytes(method, target, body=None, headers=None, content_type="application/json"):
-    lines = [f"{method} {target} HTTP/1.1"]
-    data = b""
-    if body is not None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        lines.append(f"content-length: {len(data)}")
-        if content_type:
-            lines.append(f"content-type: {content_type}")
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
 class GatewayTestCase(unittest.TestCase):
-    """Starts a private bus (with the keyd stand-in when WITH_KEYD) and a gateway per class."""
+    """Starts a private bus and a gateway per class."""
 
-    WITH_KEYD = False
     MAX_REQUESTS = 10
     BODY_TIMEOUT_MS = 400
 
@@ -136,8 +58,6 @@ class GatewayTestCase(unittest.TestCase):
         os.chmod(cls.tmp, 0o755)  # the unprivileged client must reach the socket
         cls.procs = []
         cls.bus_address = cls.start_bus()
-        if cls.WITH_KEYD:
-            cls.start_mock_keyd()
         cls.config = os.path.join(cls.tmp, "keyd.toml")
         with open(cls.config, "w") as f:
             f.write(f"max_requests = {cls.MAX_REQUESTS}\n")
@@ -184,16 +104,6 @@ class GatewayTestCase(unittest.TestCase):
         address = p.stdout.readline().decode().strip()
         p.stdout.close()
         return address
-
-    @classmethod
-    def start_mock_keyd(cls):
-        cls.calls_path = os.path.join(cls.tmp, "calls.jsonl")
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=cls.bus_address)
-        p = subprocess.Popen(["/usr/bin/python3", MOCK_KEYD, cls.calls_path], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        cls.procs.append(p)
-        assert p.stdout.readline().strip() == b"ready"
-        p.stdout.close()
 
     @classmethod
     def gateway_env(cls, **extra):
