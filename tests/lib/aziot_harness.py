@@ -66,6 +66,8 @@ TEST_USERS = ("aziot-test-a", "aziot-test-b")
 USERS_LOCK = "/run/lock/aziot-test-users.lock"
 
 DEFAULT_TIMEOUT = 10.0
+# Waiting for polkitd to reload its rules: generous, as a loaded CI machine can be slow.
+RULES_TIMEOUT = 30.0
 POLL_INTERVAL = 0.01
 STOP_TIMEOUT = 5.0
 SUN_PATH_MAX = 107
@@ -551,14 +553,14 @@ class Stack:
     def polkitd_running(self):
         return bool(self.polkitd_process and self.polkitd_process.alive())
 
-    def add_rules(self, name, js_text, timeout=DEFAULT_TIMEOUT):
+    def add_rules(self, name, js_text, timeout=RULES_TIMEOUT):
         """Installs (or replaces) rules.d/NAME.rules and returns once polkitd has loaded it."""
         path = self._rules_path(name)
         self._install_file(path, js_text)
         self._sync_rules(timeout)
         return path
 
-    def remove_rules(self, name, timeout=DEFAULT_TIMEOUT):
+    def remove_rules(self, name, timeout=RULES_TIMEOUT):
         """Removes rules.d/NAME.rules (if present) and returns once polkitd has reloaded."""
         try:
             os.unlink(self._rules_path(name))
@@ -593,17 +595,26 @@ class Stack:
         """
         if not self.polkitd_running():
             return
-        marker = f"aziot-harness rules sync {secrets.token_hex(8)}"
-        self._install_file(os.path.join(self.rules_dir, SYNC_RULES),
-                           f"/* written by tests/lib/aziot_harness.py */\n"
-                           f"polkit.log({marker!r});\n")
+        # A reload that polkitd folds into one it is already doing can miss the sync file: then a
+        # new sync file (a new marker) is renamed in, up to three times within the timeout.
+        attempts = 3
+        for attempt in range(attempts):
+            marker = f"aziot-harness rules sync {secrets.token_hex(8)}"
+            self._install_file(os.path.join(self.rules_dir, SYNC_RULES),
+                               f"/* written by tests/lib/aziot_harness.py */\n"
+                               f"polkit.log({marker!r});\n")
 
-        def loaded():
-            log = self.polkitd_log()
-            at = log.find(marker)
-            return at >= 0 and log.find(FINISHED_LOADING, at) >= 0
-        _wait_until(loaded, timeout, "polkitd to reload its rules",
-                    lambda: _tail(self.polkitd_log()))
+            def loaded():
+                log = self.polkitd_log()
+                at = log.find(marker)
+                return at >= 0 and log.find(FINISHED_LOADING, at) >= 0
+            try:
+                _wait_until(loaded, timeout / attempts, "polkitd to reload its rules",
+                            lambda: _tail(self.polkitd_log()))
+                return
+            except HarnessError:
+                if attempt == attempts - 1:
+                    raise
 
     # -- set-up details -----------------------------------------------------------------------
 
