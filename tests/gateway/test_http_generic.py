@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-import unittest
 
 from gatewaytest import API, GATEWAYD, Connection, GatewayTestCase, main, request_bytes, wait_for
 

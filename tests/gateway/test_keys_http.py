@@ -744,7 +744,6 @@ class BadInputTest(KeysHttpTestCase):
         self.assertEqual(set(os.listdir(self.keys_dir)), self.home_files)
 
     def test_missing_and_mistyped_fields(self):
-        digest = b64(bytes(32))
         cases = {
             ("POST", "/key"): [
                 at(b"{}", None, "missing field `keyId`"),
