@@ -11,6 +11,9 @@ real polkitd, keyd activated on demand, the gateway on keyd.sock) it measures:
     then again with the load generator, the gateway and keyd all on one CPU;
   * Sign straight over D-Bus with tests/bench/dbus-sign, 1 and 16 calls in flight;
   * the in-process floor with tests/bench/hmac-floor;
+  * the machine's floor for a sequential request with tests/bench/pingpong: 200 bytes to an echo
+    server and back, directly (two processes woken per request) and through a relay (four, as
+    client, gateway, keyd, gateway), free and on one CPU — the cost of wake-ups alone;
   * memory of keyd and the gateway: idle, and after 100,000 more requests (VmRSS, and the private
     part, which is what a process adds to the machine: shared library pages are counted once for
     every process that maps them).
@@ -141,6 +144,12 @@ def measure(args):
         results["threads"] = {"keyd": threads(kpid), "gateway": threads(gpid)}
 
     results["hmac_floor"] = run_json([os.path.join(bench_bin, "hmac-floor"), "2"], os.environ)
+    pingpong = [os.path.join(bench_bin, "pingpong")]
+    cpu = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
+    results["wakeup_floor"] = {
+        f"{hops}{where}": run_json(prefix + pingpong + [str(hops), str(min(args.seconds, 5))],
+                                   os.environ)
+        for hops in (1, 2) for where, prefix in (("", []), ("_one_cpu", cpu))}
     return results
 
 
@@ -168,6 +177,12 @@ def table(r):
         ("in-process HMAC (store only)", f"{r['hmac_floor']['sign_per_second']:.0f} ops/s", ""),
         ("in-process handle check + HMAC",
          f"{r['hmac_floor']['verify_handle_sign_per_second']:.0f} ops/s", ""),
+        *[(f"floor: empty round trip, {what}",
+           f"{r['wakeup_floor'][k]['round_trips_per_second']:.0f} /s",
+           f"mean {r['wakeup_floor'][k]['mean_us']:.1f} µs")
+          for k, what in (("1", "2 processes"), ("2", "via a relay, 3 processes"),
+                          ("1_one_cpu", "2 processes on one CPU"),
+                          ("2_one_cpu", "via a relay, 3 processes on one CPU"))],
         ("cold activation of keyd to first reply", f"{r['cold_activation_ms']} ms", ""),
         ("keyd idle", mem(r["idle"]["keyd"]), f"{r['threads']['keyd']} thread(s)"),
         (f"keyd after {r['after_requests']} more requests", mem(r["after"]["keyd"]), ""),
