@@ -7,7 +7,9 @@
 #include "bus-util.h"
 #include "keyd.h"
 #include "keys-config.h"
+#include "keys-library.h"
 #include "keys-private.h"
+#include "keys-store.h"
 #include "log.h"
 #include "macro.h"
 
@@ -26,14 +28,27 @@ static void manager_free(Manager *m)
         sd_event_unref(m->event);
         principal_set_done(&m->principals);
         sender_uid_cache_done(&m->sender_uids);
+        keys_library_close(&m->library);
         free(m);
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free)
 
-/* Hands every [aziot_keys] and [preloaded_keys] entry to the store, as upstream keyd does. */
+/* Opens the key store (built in, or the configured library) and hands it every [aziot_keys] and
+ * [preloaded_keys] entry, as upstream keyd does. */
 static int manager_configure_store(Manager *m, const KeysConfig *c)
 {
         AZIOT_KEYS_RC rc;
+        int r;
+
+        r = keys_library_open(c->library, &m->library);
+        if (r < 0)
+                return r;
+        m->keys = &m->library.list;
+        m->handle_keys = (KeysHandleAziotKeys){
+                .create_key_if_not_exists = m->keys->create_key_if_not_exists,
+                .sign = m->keys->sign,
+        };
+        keys_handle_signer_from_aziot_keys(&m->signer, &m->handle_keys);
 
         for (char **p = c->parameters; p && *p; p += 2) {
                 rc = m->keys->set_parameter(p[0], p[1]);
@@ -41,6 +56,8 @@ static int manager_configure_store(Manager *m, const KeysConfig *c)
                         return log_error_errno(EINVAL, "The key store rejected parameter \"%s\".",
                                                p[0]);
         }
+        if (!m->library.dl)
+                keys_store_start();
         return 0;
 }
 
@@ -126,7 +143,6 @@ static int manager_new(Manager **ret)
 {
         _cleanup_(manager_freep) Manager *m = NULL;
         const char *gw = getenv("AZIOT_GATEWAY_USER") ?: GATEWAY_USER;
-        const AZIOT_KEYS_FUNCTION_LIST *base = NULL;
         struct passwd *pw;
         int r;
 
@@ -142,16 +158,6 @@ static int manager_new(Manager **ret)
         r = event_add_exit_signals(m->event);
         if (r < 0)
                 return log_error_errno(r, "Failed to handle SIGTERM and SIGINT: %m");
-
-        r = aziot_keys_get_function_list(AZIOT_KEYS_VERSION_2_1_0_0, &base);
-        if (r != AZIOT_KEYS_RC_OK || !base || base->version != AZIOT_KEYS_VERSION_2_1_0_0)
-                return log_error_errno(EIO, "The key store offers no function list 2.1.0.0.");
-        m->keys = (const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *)base;
-        m->handle_keys = (KeysHandleAziotKeys){
-                .create_key_if_not_exists = m->keys->create_key_if_not_exists,
-                .sign = m->keys->sign,
-        };
-        keys_handle_signer_from_aziot_keys(&m->signer, &m->handle_keys);
 
         *ret = TAKE_PTR(m);
         return 0;

@@ -8,6 +8,7 @@
 #include "bus-caller.h"
 #include "config-watch.h"
 #include "keys-handle.h"
+#include "keys-library.h"
 #include "polkit.h"
 #include "principal.h"
 
@@ -27,7 +28,8 @@ typedef struct Manager {
         PolkitRegistry *polkit_registry;
         SenderUidCache sender_uids;
 
-        const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *keys;
+        KeysLibrary library;
+        const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *keys; /* &library.list */
         KeysHandleAziotKeys handle_keys; /* what the handle signer uses of the store */
         KeysHandleSigner signer;
         PrincipalSet principals;

@@ -10,6 +10,7 @@ void keys_config_done(KeysConfig *c)
         free(c->parameters);
         c->parameters = NULL;
         principal_set_done(&c->principals);
+        c->library = mfree_str(c->library);
 }
 
 static int strv_push_pair(char ***l, size_t *n, const char *a, const char *b)
@@ -68,6 +69,7 @@ static int push_table(const TomlValue *root, const char *name, const char *prefi
 int keys_config_parse(const TomlValue *root, KeysConfig *ret, ConfigError *ret_error)
 {
         _cleanup_(keys_config_done) KeysConfig c = {};
+        const char *library = NULL;
         size_t n = 0;
         int r;
 
@@ -83,6 +85,16 @@ int keys_config_parse(const TomlValue *root, KeysConfig *ret, ConfigError *ret_e
                 return r;
         r = principal_set_from_config(root, "keys", &c.principals, ret_error);
         if (r < 0)
+                return r;
+        r = config_get_string(root, "aziot_keys_library", &library, ret_error);
+        if (r >= 0) {
+                if (library[0] != '/')
+                        return config_error_at(ret_error, toml_table_get(root, "aziot_keys_library"),
+                                               "aziot_keys_library must be an absolute path");
+                c.library = strdup(library);
+                if (!c.library)
+                        return -ENOMEM;
+        } else if (r != -ENOENT)
                 return r;
 
         *ret = c;

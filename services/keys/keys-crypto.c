@@ -5,6 +5,7 @@
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
+#include <openssl/param_build.h>
 #include <openssl/params.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -574,5 +575,165 @@ int keys_rsa_private(EVP_PKEY *pkey, int padding, const uint8_t *in, size_t len,
                 return log_openssl_error("Setting up the RSA private-key operation");
         if (EVP_PKEY_sign(ctx, out, out_len, len > 0 ? in : empty_key, len) <= 0)
                 return log_openssl_error("RSA private-key operation");
+        return 0;
+}
+
+int keys_pkey_from_ec_point(const uint8_t *curve_oid, size_t curve_oid_len, const uint8_t *point,
+                            size_t point_len, EVP_PKEY **ret)
+{
+        _cleanup_(EVP_PKEY_CTX_freep) EVP_PKEY_CTX *ctx = NULL;
+        ASN1_OBJECT *obj = NULL;
+        ASN1_OCTET_STRING *os = NULL;
+        const unsigned char *p = curve_oid;
+        const char *group;
+        EVP_PKEY *pkey = NULL;
+        int nid;
+
+        if (!d2i_ASN1_OBJECT(&obj, &p, (long)curve_oid_len) || p != curve_oid + curve_oid_len) {
+                ASN1_OBJECT_free(obj);
+                ERR_clear_error();
+                return -EBADMSG;
+        }
+        nid = OBJ_obj2nid(obj);
+        ASN1_OBJECT_free(obj);
+        group = nid == NID_X9_62_prime256v1 ? "prime256v1" : NULL;
+        if (!group)
+                return -EBADMSG;
+
+        /* CKA_EC_POINT is a DER OCTET STRING; a bare SEC1 point starts with 0x04 (or 02/03). */
+        p = point;
+        if (point_len > 2 && point[0] == 0x04 &&
+            (os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)point_len)) && p == point + point_len) {
+                point = ASN1_STRING_get0_data(os);
+                point_len = (size_t)ASN1_STRING_length(os);
+        }
+        ERR_clear_error();
+
+        OSSL_PARAM params[] = {
+                OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0),
+                OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point,
+                                                  point_len),
+                OSSL_PARAM_construct_end(),
+        };
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+        if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+                ASN1_OCTET_STRING_free(os);
+                ERR_clear_error();
+                return -EBADMSG;
+        }
+        ASN1_OCTET_STRING_free(os);
+        *ret = pkey;
+        return 0;
+}
+
+int keys_pkey_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+                       EVP_PKEY **ret)
+{
+        _cleanup_(EVP_PKEY_CTX_freep) EVP_PKEY_CTX *ctx = NULL;
+        BIGNUM *bn_n = NULL, *bn_e = NULL;
+        OSSL_PARAM_BLD *bld = NULL;
+        OSSL_PARAM *params = NULL;
+        EVP_PKEY *pkey = NULL;
+        int r = -EBADMSG;
+
+        if (n_len == 0 || e_len == 0 || n_len > INT_MAX || e_len > INT_MAX)
+                return -EBADMSG;
+        bn_n = BN_bin2bn(n, (int)n_len, NULL);
+        bn_e = BN_bin2bn(e, (int)e_len, NULL);
+        bld = OSSL_PARAM_BLD_new();
+        if (!bn_n || !bn_e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
+            !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
+            !(params = OSSL_PARAM_BLD_to_param(bld)))
+                goto out;
+        ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+        if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+                goto out;
+        *ret = pkey;
+        r = 0;
+out:
+        ERR_clear_error();
+        OSSL_PARAM_free(params);
+        OSSL_PARAM_BLD_free(bld);
+        BN_free(bn_n);
+        BN_free(bn_e);
+        return r;
+}
+
+int keys_ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t *der, size_t *der_len)
+{
+        ECDSA_SIG *sig;
+        BIGNUM *r, *s;
+        unsigned char *p = der;
+        int len;
+
+        if (raw_len == 0 || raw_len % 2 != 0 || raw_len > 2 * 66)
+                return -EBADMSG;
+        r = BN_bin2bn(raw, (int)(raw_len / 2), NULL);
+        s = BN_bin2bn(raw + raw_len / 2, (int)(raw_len / 2), NULL);
+        sig = ECDSA_SIG_new();
+        if (!r || !s || !sig || !ECDSA_SIG_set0(sig, r, s)) {
+                BN_free(r);
+                BN_free(s);
+                ECDSA_SIG_free(sig);
+                return log_openssl_error("Encoding an ECDSA signature");
+        }
+        len = i2d_ECDSA_SIG(sig, NULL);
+        if (len <= 0 || (size_t)len > *der_len) {
+                ECDSA_SIG_free(sig);
+                return len <= 0 ? log_openssl_error("Encoding an ECDSA signature") : -ENOBUFS;
+        }
+        len = i2d_ECDSA_SIG(sig, &p);
+        ECDSA_SIG_free(sig);
+        if (len <= 0)
+                return log_openssl_error("Encoding an ECDSA signature");
+        *der_len = (size_t)len;
+        return 0;
+}
+
+const char *keys_id_for_log(const char *id, char buf[static KEYS_ID_LOG_MAX])
+{
+        size_t n = 0;
+
+        for (const char *s = id ? id : "(null)"; *s; s++) {
+                if (n == KEYS_ID_LOG_MAX - 4) {
+                        memcpy(buf + n, "...", 3);
+                        n += 3;
+                        break;
+                }
+                buf[n++] = *s >= 0x20 && *s < 0x7f ? *s : '?';
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+AZIOT_KEYS_RC keys_rc_from_errno(int r)
+{
+        switch (r) {
+        case 0:
+                return AZIOT_KEYS_RC_OK;
+        case -EINVAL:
+        case -ENOENT:
+        case -ENODATA:
+        case -EOPNOTSUPP:
+        case -ENOBUFS:
+        case -ENAMETOOLONG:
+                return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
+        default:
+                return AZIOT_KEYS_RC_ERR_EXTERNAL;
+        }
+}
+
+int keys_output_bytes(unsigned char *out, size_t *out_len, const void *data, size_t len)
+{
+        size_t capacity = *out_len;
+
+        *out_len = len;
+        if (!out)
+                return 0;
+        if (capacity < len)
+                return -ENOBUFS;
+        memcpy(out, data, len);
         return 0;
 }

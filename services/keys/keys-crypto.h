@@ -95,6 +95,32 @@ int keys_ecdsa_sign(EVP_PKEY *pkey, const uint8_t *digest, size_t len, uint8_t *
 /* 1 valid, 0 not valid (including malformed signatures). */
 int keys_ecdsa_verify(EVP_PKEY *pkey, const uint8_t *digest, size_t len, const uint8_t *sig,
                       size_t sig_len);
+/* A public key from the attributes a PKCS#11 token gives: the DER OBJECT IDENTIFIER of a named
+ * curve (CKA_EC_PARAMS) and the point (CKA_EC_POINT: a DER OCTET STRING around the SEC1 encoding,
+ * or the bare encoding as some tokens give it); or an RSA modulus and exponent (big-endian).
+ * Malformed or unsupported: -EBADMSG. */
+int keys_pkey_from_ec_point(const uint8_t *curve_oid, size_t curve_oid_len, const uint8_t *point,
+                            size_t point_len, EVP_PKEY **ret);
+int keys_pkey_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+                       EVP_PKEY **ret);
+/* Converts an ECDSA signature given as r || s (two halves of equal length, as PKCS#11 CKM_ECDSA
+ * returns it) into DER; *der_len is the capacity on input. */
+int keys_ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t *der, size_t *der_len);
+
+/* The return code of the ABI for an internal result: 0 is OK; the errors a caller causes (-EINVAL,
+ * -ENOENT, -ENODATA, -EOPNOTSUPP, -ENOBUFS, -ENAMETOOLONG) are ERR_INVALID_PARAMETER; everything
+ * else is ERR_EXTERNAL. */
+AZIOT_KEYS_RC keys_rc_from_errno(int r);
+/* The ABI's two-call output convention: *out_len becomes len; data is copied when out is not NULL
+ * and *out_len (on input) is large enough, else -ENOBUFS. */
+int keys_output_bytes(unsigned char *out, size_t *out_len, const void *data, size_t len);
+
+/* An id as it may appear in a log line: ids are chosen by callers and may be 4 KiB of anything,
+ * so only printable ASCII, and not too much of it. */
+#define KEYS_ID_LOG_MAX 80u
+const char *keys_id_for_log(const char *id, char buf[static KEYS_ID_LOG_MAX]);
+#define KEY_ID(id) keys_id_for_log((id), (char[KEYS_ID_LOG_MAX]){})
+
 /* RSA private-key operation with RSA_PKCS1_PADDING (type 1) or RSA_NO_PADDING; *out_len is the
  * capacity on input (at least the modulus size). */
 int keys_rsa_private(EVP_PKEY *pkey, int padding, const uint8_t *in, size_t len, uint8_t *out,

@@ -75,43 +75,7 @@ static struct {
         .keys_dir_fd = -EBADF,
 };
 
-static AZIOT_KEYS_RC rc_from_errno(int r)
-{
-        switch (r) {
-        case 0:
-                return AZIOT_KEYS_RC_OK;
-        case -EINVAL:
-        case -ENOENT:
-        case -ENODATA:
-        case -EOPNOTSUPP:
-        case -ENOBUFS:
-        case -ENAMETOOLONG:
-                return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        default:
-                return AZIOT_KEYS_RC_ERR_EXTERNAL;
-        }
-}
-
-/* An id as it may appear in a log line: ids are chosen by callers and may be 4 KiB of anything,
- * so only printable ASCII, and not too much of it. */
-#define ID_LOG_MAX 80u
-
-static const char *id_for_log(const char *id, char buf[static ID_LOG_MAX])
-{
-        size_t n = 0;
-
-        for (const char *s = id; *s; s++) {
-                if (n == ID_LOG_MAX - 4) {
-                        memcpy(buf + n, "...", 3);
-                        n += 3;
-                        break;
-                }
-                buf[n++] = *s >= 0x20 && *s < 0x7f ? *s : '?';
-        }
-        buf[n] = 0;
-        return buf;
-}
-#define ID(id) id_for_log((id), (char[ID_LOG_MAX]){})
+#define ID(id) KEY_ID(id)
 
 /* ---- the cache ---- */
 
@@ -623,12 +587,6 @@ static int set_preloaded_key(const char *id, const char *value)
                 return r;
         if (!value)
                 return -EINVAL;
-        if (startswith(value, "pkcs11:")) {
-                log_error("Preloaded key %s: PKCS#11 locations are not supported by this build "
-                          "(filesystem backend only).",
-                          ID(id));
-                return -EINVAL;
-        }
         r = file_uri_to_path(value, &path);
         if (r < 0) {
                 log_error("Preloaded key %s: location is not a file:///absolute/path URI.", ID(id));
@@ -684,18 +642,13 @@ static AZIOT_KEYS_RC fs_set_parameter(const char *name, const char *value)
                 r = set_homedir(value);
         else if ((id = startswith(name, "preloaded_key:")))
                 r = set_preloaded_key(id, value);
-        else if (streq(name, "pkcs11_lib_path") || streq(name, "pkcs11_base_slot")) {
-                log_error("Parameter %s: PKCS#11 is not supported by this build (filesystem "
-                          "backend only).",
-                          name);
-                r = -EINVAL;
-        } else {
+        else {
                 log_error("Unknown key store parameter %s.", name);
                 r = -EINVAL;
         }
         /* Locations may have changed. */
         cache_flush();
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* ---- key pairs ---- */
@@ -731,12 +684,12 @@ static AZIOT_KEYS_RC fs_create_key_pair_if_not_exists(const char *id,
         cache_trim();
         r = entry_get(id, &e);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
         r = keys_preferred_algorithms_parse(preferred_algorithms, algs);
         if (r < 0) {
                 log_warning("No supported algorithm in preferred algorithms \"%s\".",
                             strempty(preferred_algorithms));
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
         }
 
         r = entry_pkey(e);
@@ -748,7 +701,7 @@ static AZIOT_KEYS_RC fs_create_key_pair_if_not_exists(const char *id,
                 if (r >= 0)
                         r = entry_pkey(e);
         }
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static AZIOT_KEYS_RC fs_load_key_pair(const char *id)
@@ -760,24 +713,11 @@ static AZIOT_KEYS_RC fs_load_key_pair(const char *id)
         r = entry_get(id, &e);
         if (r >= 0)
                 r = entry_pkey(e);
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* The two-call convention: sizes only without a buffer, -ENOBUFS (and the size needed) when the
  * buffer is too small. */
-static int output_bytes(unsigned char *out, size_t *out_len, const void *data, size_t len)
-{
-        size_t capacity = *out_len;
-
-        *out_len = len;
-        if (!out)
-                return 0;
-        if (capacity < len)
-                return -ENOBUFS;
-        memcpy(out, data, len);
-        return 0;
-}
-
 static AZIOT_KEYS_RC fs_get_key_pair_parameter(const char *id,
                                                AZIOT_KEYS_KEY_PAIR_PARAMETER_TYPE type,
                                                unsigned char *value, size_t *value_len)
@@ -798,8 +738,8 @@ static AZIOT_KEYS_RC fs_get_key_pair_parameter(const char *id,
         if (r == -EOPNOTSUPP)
                 log_debug("Key pair %s has no parameter of type %u.", ID(id), type);
         if (r >= 0)
-                r = output_bytes(value, value_len, data, len);
-        return rc_from_errno(r);
+                r = keys_output_bytes(value, value_len, data, len);
+        return keys_rc_from_errno(r);
 }
 
 static AZIOT_KEYS_RC fs_move_key_pair(const char *from, const char *to)
@@ -812,7 +752,7 @@ static AZIOT_KEYS_RC fs_move_key_pair(const char *from, const char *to)
         if (r >= 0)
                 r = entry_get(to, &dst);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
         if (src == dst)
                 return AZIOT_KEYS_RC_OK;
 
@@ -824,7 +764,7 @@ static AZIOT_KEYS_RC fs_move_key_pair(const char *from, const char *to)
         if (r >= 0)
                 r = entry_location(dst, &dst_fd);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
         if (renameat(src_fd, src->name, dst_fd, dst->name) < 0) {
                 r = -errno;
                 if (r == -ENOENT)
@@ -832,7 +772,7 @@ static AZIOT_KEYS_RC fs_move_key_pair(const char *from, const char *to)
                 else
                         log_error_errno(r, "Failed to move key pair %s to %s: %m", ID(from),
                                         ID(to));
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
         }
         r = entry_sync_dir(dst);
         if (r >= 0 && src->preloaded != dst->preloaded)
@@ -841,7 +781,7 @@ static AZIOT_KEYS_RC fs_move_key_pair(const char *from, const char *to)
                 log_error_errno(r, "Failed to flush the directory after moving %s: %m", ID(from));
         else
                 log_info("Moved key pair %s to %s.", ID(from), ID(to));
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static AZIOT_KEYS_RC fs_delete(const char *id)
@@ -853,7 +793,7 @@ static AZIOT_KEYS_RC fs_delete(const char *id)
         r = entry_get(id, &e);
         if (r >= 0)
                 r = entry_unlink(e);
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* ---- symmetric keys ---- */
@@ -870,17 +810,17 @@ static AZIOT_KEYS_RC fs_create_key_if_not_exists(const char *id, AZIOT_KEYS_KEY_
         if (r >= 0)
                 r = entry_secret(e);
         if (r != -ENOENT && r != -ENODATA)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
 
         if (RAND_priv_bytes(bytes, sizeof(bytes)) != 1)
-                return rc_from_errno(log_openssl_error("Generating a key"));
+                return keys_rc_from_errno(log_openssl_error("Generating a key"));
         r = entry_write(e, bytes, sizeof(bytes));
         OPENSSL_cleanse(bytes, sizeof(bytes));
         if (r >= 0) {
                 log_info("Created key %s.", ID(id));
                 r = entry_secret(e);
         }
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static AZIOT_KEYS_RC fs_load_key(const char *id)
@@ -892,7 +832,7 @@ static AZIOT_KEYS_RC fs_load_key(const char *id)
         r = entry_get(id, &e);
         if (r >= 0)
                 r = entry_secret(e);
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static AZIOT_KEYS_RC fs_import_key(const char *id, const uint8_t *bytes, size_t bytes_len,
@@ -909,7 +849,7 @@ static AZIOT_KEYS_RC fs_import_key(const char *id, const uint8_t *bytes, size_t 
                 r = entry_write(e, bytes ? (const void *)bytes : "", bytes_len);
         if (r >= 0)
                 log_info("Imported key %s.", ID(id));
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* HMAC-SHA256(key of e, data): the derivation of every derived key. */
@@ -940,9 +880,9 @@ static AZIOT_KEYS_RC fs_derive_key(const char *base_id, const unsigned char *der
         if (r >= 0)
                 r = derive(e, derivation_data, derivation_data_len, derived);
         if (r >= 0)
-                r = output_bytes(derived_key, derived_key_len, derived, sizeof(derived));
+                r = keys_output_bytes(derived_key, derived_key_len, derived, sizeof(derived));
         OPENSSL_cleanse(derived, sizeof(derived));
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* ---- sign / verify ---- */
@@ -995,7 +935,7 @@ static int sign_derived(KeyEntry *e, const void *parameters, const unsigned char
                 r = keys_hmac(derived, sizeof(derived), data, len, mac);
         OPENSSL_cleanse(derived, sizeof(derived));
         if (r >= 0)
-                r = output_bytes(sig, sig_len, mac, sizeof(mac));
+                r = keys_output_bytes(sig, sig_len, mac, sizeof(mac));
         return r;
 }
 
@@ -1024,7 +964,7 @@ static int sign_ecdsa(KeyEntry *e, const unsigned char *digest, size_t len, unsi
         r = keys_ecdsa_sign(e->pkey, digest, len, buf, &n);
         if (r < 0)
                 return r;
-        return output_bytes(sig, sig_len, buf, n);
+        return keys_output_bytes(sig, sig_len, buf, n);
 }
 
 static AZIOT_KEYS_RC fs_sign(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechanism,
@@ -1039,7 +979,7 @@ static AZIOT_KEYS_RC fs_sign(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechanism
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
         r = entry_get(id, &e);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
 
         switch (mechanism) {
         case AZIOT_KEYS_SIGN_MECHANISM_HMAC_SHA256:
@@ -1055,7 +995,7 @@ static AZIOT_KEYS_RC fs_sign(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechanism
                 log_debug("Unknown signing mechanism %u.", mechanism);
                 r = -EINVAL;
         }
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static int verify_hmac(KeyEntry *e, const void *parameters, bool derived, const unsigned char *data,
@@ -1088,7 +1028,7 @@ static AZIOT_KEYS_RC fs_verify(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechani
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
         r = entry_get(id, &e);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
 
         switch (mechanism) {
         case AZIOT_KEYS_SIGN_MECHANISM_HMAC_SHA256:
@@ -1108,7 +1048,7 @@ static AZIOT_KEYS_RC fs_verify(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechani
                 log_debug("Unknown signing mechanism %u.", mechanism);
                 r = -EINVAL;
         }
-        return rc_from_errno(r < 0 ? r : 0);
+        return keys_rc_from_errno(r < 0 ? r : 0);
 }
 
 /* ---- encrypt / decrypt ---- */
@@ -1202,7 +1142,7 @@ static AZIOT_KEYS_RC fs_encrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mec
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
         r = entry_get(id, &e);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
 
         switch (mechanism) {
         case AZIOT_KEYS_ENCRYPT_MECHANISM_AEAD:
@@ -1222,7 +1162,7 @@ static AZIOT_KEYS_RC fs_encrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mec
                 log_debug("Unknown encryption mechanism %u.", mechanism);
                 r = -EINVAL;
         }
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 static int decrypt_aead(KeyEntry *e, AZIOT_KEYS_ENCRYPT_MECHANISM mechanism, const void *parameters,
@@ -1263,7 +1203,7 @@ static AZIOT_KEYS_RC fs_decrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mec
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
         r = entry_get(id, &e);
         if (r < 0)
-                return rc_from_errno(r);
+                return keys_rc_from_errno(r);
 
         if (mechanism == AZIOT_KEYS_ENCRYPT_MECHANISM_AEAD ||
             mechanism == AZIOT_KEYS_ENCRYPT_MECHANISM_DERIVED)
@@ -1273,26 +1213,10 @@ static AZIOT_KEYS_RC fs_decrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mec
                 log_debug("Decryption mechanism %u is not supported.", mechanism);
                 r = -EINVAL;
         }
-        return rc_from_errno(r);
+        return keys_rc_from_errno(r);
 }
 
 /* ---- the function lists ---- */
-
-static const AZIOT_KEYS_FUNCTION_LIST_2_0_0_0 function_list_2_0 = {
-        .base = {.version = AZIOT_KEYS_VERSION_2_0_0_0},
-        .set_parameter = fs_set_parameter,
-        .create_key_pair_if_not_exists = fs_create_key_pair_if_not_exists,
-        .load_key_pair = fs_load_key_pair,
-        .get_key_pair_parameter = fs_get_key_pair_parameter,
-        .create_key_if_not_exists = fs_create_key_if_not_exists,
-        .load_key = fs_load_key,
-        .import_key = fs_import_key,
-        .derive_key = fs_derive_key,
-        .sign = fs_sign,
-        .verify = fs_verify,
-        .encrypt = fs_encrypt,
-        .decrypt = fs_decrypt,
-};
 
 static const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 function_list_2_1 = {
         .base = {.version = AZIOT_KEYS_VERSION_2_1_0_0},
@@ -1316,27 +1240,6 @@ static const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 function_list_2_1 = {
 const AZIOT_KEYS_FUNCTION_LIST_2_1_0_0 *keys_fs_function_list(void)
 {
         return &function_list_2_1;
-}
-
-AZIOT_KEYS_RC aziot_keys_get_function_list(AZIOT_KEYS_VERSION version,
-                                           const AZIOT_KEYS_FUNCTION_LIST **pfunction_list)
-{
-        if (!pfunction_list)
-                return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        if (keys_crypto_init() < 0)
-                return AZIOT_KEYS_RC_ERR_EXTERNAL;
-
-        switch (version) {
-        case AZIOT_KEYS_VERSION_2_1_0_0:
-                *pfunction_list = &function_list_2_1.base;
-                return AZIOT_KEYS_RC_OK;
-        case AZIOT_KEYS_VERSION_2_0_0_0:
-                *pfunction_list = &function_list_2_0.base;
-                return AZIOT_KEYS_RC_OK;
-        default:
-                log_error("Key store function list version 0x%08x is not supported.", version);
-                return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        }
 }
 
 void keys_fs_reset(void)

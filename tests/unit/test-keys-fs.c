@@ -21,7 +21,7 @@
 
 #include "aziot-keys.h"
 #include "keys-crypto.h"
-#include "keys-fs.h"
+#include "keys-store.h"
 #include "macro.h"
 
 #define OK AZIOT_KEYS_RC_OK
@@ -49,7 +49,7 @@ static int teardown(void **state)
 {
         char cmd[PATH_MAX + 16];
 
-        keys_fs_reset();
+        keys_store_reset();
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", home);
         assert_int_equal(system(cmd), 0);
         return 0;
@@ -1091,7 +1091,11 @@ static void test_preloaded(void **state)
         assert_int_equal(fl->delete_key("new"), OK);
         assert_int_equal(stat(created, &st), -1);
 
-        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=t;object=o"), INVALID);
+        /* A PKCS#11 location needs the module: without pkcs11_lib_path the key is unusable. */
+        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=t;object=o"), OK);
+        assert_int_equal(fl->load_key("p"), INVALID);
+        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:object=o"), INVALID);
+        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=%zz"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "http://x/y"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "file://host/x"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "file://relative"), INVALID);
@@ -1099,8 +1103,11 @@ static void test_preloaded(void **state)
         assert_int_equal(fl->set_parameter("preloaded_key:p", "file:///a%zz"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", NULL), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:", "file:///x"), INVALID);
-        assert_int_equal(fl->set_parameter("pkcs11_lib_path", "/usr/lib/x.so"), INVALID);
-        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=0"), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_lib_path", "relative/x.so"), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_lib_path", ""), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=x"), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "slot-id=0"), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=0"), OK);
         assert_int_equal(fl->set_parameter("something", "x"), INVALID);
         assert_int_equal(fl->set_parameter(NULL, "x"), INVALID);
         assert_int_equal(fl->set_parameter("homedir_path", ""), INVALID);
@@ -1108,7 +1115,7 @@ static void test_preloaded(void **state)
 
 static void test_no_location(void **state)
 {
-        keys_fs_reset();
+        keys_store_reset();
         assert_int_equal(fl->create_key_if_not_exists("k", AZIOT_KEYS_KEY_USAGE_SIGN), INVALID);
         assert_int_equal(fl->create_key_pair_if_not_exists("k", NULL), INVALID);
         assert_int_equal(fl->set_parameter("homedir_path", home), OK);

@@ -10,7 +10,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include "keys-fs.h"
+#include "keys-store.h"
 #include "keys-handle.h"
 #include "base64.h"
 #include "utf8.h"
@@ -486,7 +486,7 @@ static void test_signer_over_store(void **state)
         assert_int_equal(keys_handle_parse(&s, handle2, &h), 0);
         keys_handle_free(h);
 
-        keys_fs_reset();
+        keys_store_reset();
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", home);
         assert_int_equal(system(cmd), 0);
 }
