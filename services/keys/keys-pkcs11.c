@@ -65,6 +65,7 @@ static const char *rv_name(CK_RV rv)
         case CKR_ENCRYPTED_DATA_INVALID: return "CKR_ENCRYPTED_DATA_INVALID";
         case CKR_ENCRYPTED_DATA_LEN_RANGE: return "CKR_ENCRYPTED_DATA_LEN_RANGE";
         case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
+        case CKR_FUNCTION_NOT_SUPPORTED: return "CKR_FUNCTION_NOT_SUPPORTED";
         case CKR_KEY_HANDLE_INVALID: return "CKR_KEY_HANDLE_INVALID";
         case CKR_KEY_SIZE_RANGE: return "CKR_KEY_SIZE_RANGE";
         case CKR_KEY_TYPE_INCONSISTENT: return "CKR_KEY_TYPE_INCONSISTENT";
@@ -110,6 +111,7 @@ static int errno_from_rv(CK_RV rv)
         case CKR_OK:
                 return 0;
         case CKR_MECHANISM_INVALID:
+        case CKR_FUNCTION_NOT_SUPPORTED:
         case CKR_KEY_TYPE_INCONSISTENT:
         case CKR_KEY_FUNCTION_NOT_PERMITTED:
                 return -EOPNOTSUPP;
@@ -949,7 +951,7 @@ static int do_secret_create(Session *s, void *userdata, CK_RV *rv)
                      x != CKR_KEY_SIZE_RANGE))
                         break;
         }
-        if (x == CKR_MECHANISM_INVALID) {
+        if (x == CKR_MECHANISM_INVALID || x == CKR_FUNCTION_NOT_SUPPORTED) {
                 log_info("PKCS#11 token %s cannot generate %s keys; key %s goes elsewhere.",
                          s->display, aes ? "AES" : "HMAC", KEY_ID(c->label));
                 return -EOPNOTSUPP;
@@ -1017,6 +1019,12 @@ static int do_secret_import(Session *s, void *userdata, CK_RV *rv)
         if (r < 0)
                 return r;
         x = p11.f->C_CreateObject(s->handle, t, ELEMENTSOF(t), &o);
+        if (x == CKR_FUNCTION_NOT_SUPPORTED || x == CKR_MECHANISM_INVALID ||
+            x == CKR_TEMPLATE_INCONSISTENT || x == CKR_ATTRIBUTE_TYPE_INVALID) {
+                log_info("PKCS#11 token %s cannot import keys (%s); key %s goes elsewhere.",
+                         s->display, RV(x), KEY_ID(c->label));
+                return -EOPNOTSUPP;
+        }
         if (x != CKR_OK)
                 return fail(s, "importing", c->label, x, rv);
         log_info("Imported key %s to PKCS#11 token %s.", KEY_ID(c->label), s->display);

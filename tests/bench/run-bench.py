@@ -10,6 +10,8 @@ real polkitd, keyd activated on demand, the gateway on keyd.sock) it measures:
     connections (requests/s, p50, p99), max_requests raised to 64 as in the reference figures;
     then again with the load generator, the gateway and keyd all on one CPU;
   * Sign straight over D-Bus with tests/bench/dbus-sign, 1 and 16 calls in flight;
+  * /sign ECDSA-P256 through the gateway, 1 and 16 connections, with a key pair in the file store
+    and with one on a softhsm2 token (a preloaded PKCS#11 location), so that the two compare;
   * the in-process floor with tests/bench/hmac-floor;
   * the machine's floor for a sequential request with tests/bench/pingpong: 200 bytes to an echo
     server and back, directly (two processes woken per request) and through a relay (four, as
@@ -23,6 +25,7 @@ Prints a Markdown table and writes the raw figures as JSON to BUILD/bench/result
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -85,8 +88,14 @@ def measure(args):
     run_dir = tempfile.mkdtemp(prefix="aziot-bench-", dir="/tmp")
     os.chmod(run_dir, 0o755)
     stack = aziot_harness.Stack(run_dir, args.source_dir, build)
-    with stack:
-        services = aziot_stack.KeysServices(stack, keyd_args=["--idle-timeout=0"])
+    token = aziot_tokens.SoftHsmToken(os.path.join(run_dir, "softhsm"), label="bench")
+    with stack, token:
+        # The HMAC key and the filesystem key pair live in the file store; one key pair is
+        # preloaded on the token, so that only its requests involve PKCS#11.
+        services = aziot_stack.KeysServices(
+            stack, keyd_args=["--idle-timeout=0"], keyd_env=token.env,
+            extra_config=f'pkcs11_lib_path = "{token.module}"\n\n[preloaded_keys]\n'
+                         f'bench-hsm = "{token.uri(object="bench-hsm")}"')
         services.start(max_requests=64)
         env = stack.child_env()
         sock = services.keyd_socket
@@ -107,6 +116,20 @@ def measure(args):
             json.dump({"keyHandle": created["keyHandle"], "algorithm": "HMAC-SHA256",
                        "parameters": {"message": base64.b64encode(b"x" * 32).decode()}}, f)
 
+        ecdsa_bodies = {}
+        digest = base64.b64encode(hashlib.sha256(b"bench").digest()).decode()
+        for where, key_id in (("file", "bench-fs-ec"), ("softhsm2", "bench-hsm")):
+            status, created = http(sock, "POST", "/keypair?api-version=2021-05-01",
+                                   {"keyId": key_id, "preferredAlgorithms": "ec-p256"})
+            if status != 200:
+                raise SystemExit(f"cannot create the {where} key pair: {status} {created}")
+            ecdsa_bodies[where] = os.path.join(run_dir, f"ecdsa-{where}.json")
+            with open(ecdsa_bodies[where], "w") as f:
+                json.dump({"keyHandle": created["keyHandle"], "algorithm": "ECDSA",
+                           "parameters": {"digest": digest}}, f)
+        if "bench-hsm" not in token.objects():
+            raise SystemExit("the softhsm2 key pair is not on the token")
+
         kpid, gpid = keyd_pid(stack), services.gateway.pid
         results["idle"] = {"keyd": memory_kib(kpid), "gateway": memory_kib(gpid)}
         all_cpus = os.sched_getaffinity(0)
@@ -116,6 +139,11 @@ def measure(args):
                 "--seconds", str(args.seconds), "--warmup", "1"]
         results["http_sign"] = {str(c): run_json(load + ["--connections", str(c)], env)
                                 for c in (1, 16)}
+        results["http_ecdsa"] = {
+            where: {str(c): run_json(load[:-6] + [path, "--seconds", str(args.seconds),
+                                                  "--warmup", "1", "--connections", str(c)], env)
+                    for c in (1, 16)}
+            for where, path in ecdsa_bodies.items()}
         results["dbus_sign"] = {str(k): run_json([os.path.join(bench_bin, "dbus-sign"),
                                                   "--seconds", str(args.seconds),
                                                   "--in-flight", str(k)], env)
@@ -170,6 +198,11 @@ def table(r):
          f"{r['http_sign_one_cpu']['16']['requests_per_second']:.0f} req/s",
          f"p50 {r['http_sign_one_cpu']['16']['p50_us']:.0f} µs, "
          f"p99 {r['http_sign_one_cpu']['16']['p99_us']:.0f} µs"),
+        *[(f"`/sign` ECDSA P-256 via gateway, {where} key, {c} connection{'s' if c > 1 else ''}",
+           f"{r['http_ecdsa'][where][str(c)]['requests_per_second']:.0f} req/s",
+           f"p50 {r['http_ecdsa'][where][str(c)]['p50_us']:.0f} µs, "
+           f"p99 {r['http_ecdsa'][where][str(c)]['p99_us']:.0f} µs")
+          for where in ("file", "softhsm2") for c in (1, 16)],
         ("`Sign` over D-Bus, 1 in flight", f"{d1['calls_per_second']:.0f} calls/s",
          f"p50 {d1['p50_us']:.0f} µs, p99 {d1['p99_us']:.0f} µs"),
         ("`Sign` over D-Bus, 16 in flight", f"{d16['calls_per_second']:.0f} calls/s",

@@ -845,12 +845,13 @@ def _cmd_up(args):
     stack.own_process_group = True
     try:
         with stack:
+            started = []  # what the hooks return lives as long as the stack
             for hook in args.hook:
                 # A hook is a Python file defining up(stack): it starts more of the stack.
                 namespace = runpy.run_path(hook)
                 if "up" not in namespace:
                     raise HarnessError(f"hook {hook} defines no up(stack)")
-                namespace["up"](stack)
+                started.append(namespace["up"](stack))
             stack.write_env_file()
             print(stack.describe(), flush=True)
             print("\nCtrl-C (SIGINT) or SIGTERM stops everything.", flush=True)

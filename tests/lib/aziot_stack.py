@@ -10,6 +10,9 @@ the gateway tests run.
 
 State lives under run_dir: keyd's home in run_dir/keyd, its configuration in run_dir/config/keyd,
 sockets in run_dir/sockets.
+
+With token= (an aziot_tokens token: softhsm2, tpm2-pkcs11), keyd's configuration names its module
+(pkcs11_lib_path) and the token as pkcs11_base_slot, so new keys are created on the token.
 """
 
 import os
@@ -20,7 +23,8 @@ KEYS_BUS_NAME = "org.aziot.Keys1"
 
 
 class KeysServices:
-    def __init__(self, stack, keyd_args=(), keyd_env=None, gateway_env=None, principals=()):
+    def __init__(self, stack, keyd_args=(), keyd_env=None, gateway_env=None, principals=(),
+                 token=None, extra_config=""):
         self.stack = stack
         self.run_dir = stack.run_dir
         self.build_dir = stack.build_dir
@@ -34,6 +38,10 @@ class KeysServices:
         self.keyd_env = dict(keyd_env or {})
         self.gateway_env = dict(gateway_env or {})
         self.principals = list(principals)
+        self.token = token
+        self.extra_config = extra_config
+        if token is not None:
+            self.keyd_env = {**token.env, **self.keyd_env}
         self.gateway = None
 
     @property
@@ -57,7 +65,13 @@ class KeysServices:
         lines = []
         if max_requests is not None:
             lines.append(f"max_requests = {int(max_requests)}")
-        lines += ["[aziot_keys]", f'homedir_path = "{self.keyd_home}"', ""]
+        lines += ["[aziot_keys]", f'homedir_path = "{self.keyd_home}"']
+        if self.token is not None:
+            lines += [f'pkcs11_lib_path = "{self.token.module}"',
+                      f'pkcs11_base_slot = "{self.token.uri()}"']
+        lines.append("")
+        if self.extra_config:
+            lines += [self.extra_config, ""]
         for uid, globs in self.principals:
             quoted = ", ".join(f'"{g}"' for g in globs)
             lines += ["[[principal]]", f"uid = {int(uid)}", f"keys = [{quoted}]", ""]
@@ -84,9 +98,16 @@ class KeysServices:
 
     def describe(self):
         sock = self.keyd_socket
+        token = []
+        if self.token is not None:
+            env = " ".join(f"{k}={v}" for k, v in self.token.env.items())
+            token = [f"              new keys on PKCS#11 token {self.token.uri(pin=False)}",
+                     f"              list them: {env} pkcs11-tool --module {self.token.module} "
+                     f"--token-label {self.token.label} --login --pin {self.token.pin} -O"]
         return "\n".join([
             f"  keyd        D-Bus activatable as {KEYS_BUS_NAME}, home {self.keyd_home}",
             f"              config {self.config_file} (+ {self.config_d}/*.toml)",
+            *token,
             f"  gateway     {sock}",
             "",
             "Try:",
@@ -102,8 +123,13 @@ class KeysServices:
 
 
 def up(stack):
-    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs."""
-    services = KeysServices(stack)
+    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs. AZIOT_UP_PKCS11=1 (`./dev up
+    --pkcs11`): keys on a softhsm2 token made for the occasion under the run directory."""
+    token = None
+    if os.environ.get("AZIOT_UP_PKCS11") == "1":
+        import aziot_tokens
+        token = aziot_tokens.SoftHsmToken(os.path.join(stack.run_dir, "softhsm"), label="aziot")
+    services = KeysServices(stack, token=token)
     services.start()
     print(services.describe(), flush=True)
     return services
