@@ -85,6 +85,40 @@ static bool token_final(const TokenLocation *l, int r)
         return r >= 0 || l->only || (r != -ENOENT && r != -ENXIO && r != -EACCES && r != -EIO);
 }
 
+/* The arguments of one operation, for run(). */
+typedef struct Op {
+        const char *id;
+        unsigned mechanism; /* AZIOT_KEYS_SIGN_MECHANISM or AZIOT_KEYS_ENCRYPT_MECHANISM */
+        AZIOT_KEYS_KEY_PAIR_PARAMETER_TYPE type;
+        const void *parameters;
+        const unsigned char *in;
+        size_t in_len;
+        const unsigned char *sig;
+        size_t sig_len;
+        unsigned char *out;
+        size_t *out_len;
+        int *ok;
+} Op;
+
+/* An operation on a key that may be on a token: on_token there first (when the id may be there),
+ * then on_fs, as the locations of the id say. */
+static AZIOT_KEYS_RC run(const Op *op, int (*on_token)(const TokenLocation *l, const Op *op),
+                         AZIOT_KEYS_RC (*on_fs)(const Op *op))
+{
+        TokenLocation l;
+        int r;
+
+        r = token_location(op->id, &l);
+        if (r < 0)
+                return keys_rc_from_errno(r);
+        if (r > 0) {
+                r = on_token(&l, op);
+                if (token_final(&l, r))
+                        return keys_rc_from_errno(r);
+        }
+        return token_then_fs(r, on_fs(op));
+}
+
 /* ---- parameters ---- */
 
 static int set_base_slot(const char *value)
@@ -189,47 +223,49 @@ static AZIOT_KEYS_RC store_create_key_pair_if_not_exists(const char *id,
         return keys_rc_from_errno(keys_pkcs11_key_pair_create(l.slot, l.label, algs, (size_t)n));
 }
 
+static int token_load_key_pair(const TokenLocation *l, const Op *op)
+{
+        return keys_pkcs11_key_pair_find(l->slot, l->label);
+}
+
+static AZIOT_KEYS_RC fs_load_key_pair(const Op *op)
+{
+        return fs()->load_key_pair(op->id);
+}
+
 static AZIOT_KEYS_RC store_load_key_pair(const char *id)
 {
-        TokenLocation l;
+        return run(&(Op){ .id = id }, token_load_key_pair, fs_load_key_pair);
+}
+
+static int token_get_key_pair_parameter(const TokenLocation *l, const Op *op)
+{
+        _cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
+        _cleanup_free_ uint8_t *data = NULL;
+        size_t len = 0;
         int r;
 
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = keys_pkcs11_key_pair_find(l.slot, l.label);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->load_key_pair(id));
+        r = keys_pkcs11_key_pair_public(l->slot, l->label, &pkey);
+        if (r >= 0)
+                r = keys_pkey_parameter(pkey, op->type, &data, &len);
+        if (r >= 0)
+                r = keys_output_bytes(op->out, op->out_len, data, len);
+        return r;
+}
+
+static AZIOT_KEYS_RC fs_get_key_pair_parameter(const Op *op)
+{
+        return fs()->get_key_pair_parameter(op->id, op->type, op->out, op->out_len);
 }
 
 static AZIOT_KEYS_RC store_get_key_pair_parameter(const char *id,
                                                   AZIOT_KEYS_KEY_PAIR_PARAMETER_TYPE type,
                                                   unsigned char *value, size_t *value_len)
 {
-        _cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
-        _cleanup_free_ uint8_t *data = NULL;
-        TokenLocation l;
-        size_t len = 0;
-        int r;
-
         if (!value_len)
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = keys_pkcs11_key_pair_public(l.slot, l.label, &pkey);
-                if (r >= 0)
-                        r = keys_pkey_parameter(pkey, type, &data, &len);
-                if (r >= 0)
-                        r = keys_output_bytes(value, value_len, data, len);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->get_key_pair_parameter(id, type, value, value_len));
+        return run(&(Op){ .id = id, .type = type, .out = value, .out_len = value_len },
+                   token_get_key_pair_parameter, fs_get_key_pair_parameter);
 }
 
 static AZIOT_KEYS_RC store_move_key_pair(const char *from, const char *to)
@@ -302,20 +338,19 @@ static AZIOT_KEYS_RC store_create_key_if_not_exists(const char *id, AZIOT_KEYS_K
         return keys_rc_from_errno(r);
 }
 
+static int token_load_key(const TokenLocation *l, const Op *op)
+{
+        return keys_pkcs11_secret_find(l->slot, l->label);
+}
+
+static AZIOT_KEYS_RC fs_load_key(const Op *op)
+{
+        return fs()->load_key(op->id);
+}
+
 static AZIOT_KEYS_RC store_load_key(const char *id)
 {
-        TokenLocation l;
-        int r;
-
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = keys_pkcs11_secret_find(l.slot, l.label);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->load_key(id));
+        return run(&(Op){ .id = id }, token_load_key, fs_load_key);
 }
 
 static AZIOT_KEYS_RC store_import_key(const char *id, const uint8_t *bytes, size_t bytes_len,
@@ -359,30 +394,32 @@ static int token_hmac(const TokenLocation *l, const unsigned char *data, size_t 
         return keys_pkcs11_hmac(l->slot, l->label, data, len, out);
 }
 
+static int token_derive_key(const TokenLocation *l, const Op *op)
+{
+        uint8_t derived[KEYS_HMAC_SIZE];
+        int r;
+
+        r = token_hmac(l, op->in, op->in_len, derived);
+        if (r >= 0)
+                r = keys_output_bytes(op->out, op->out_len, derived, sizeof(derived));
+        OPENSSL_cleanse(derived, sizeof(derived));
+        return r;
+}
+
+static AZIOT_KEYS_RC fs_derive_key(const Op *op)
+{
+        return fs()->derive_key(op->id, op->in, op->in_len, op->out, op->out_len);
+}
+
 static AZIOT_KEYS_RC store_derive_key(const char *base_id, const unsigned char *derivation_data,
                                       size_t derivation_data_len, unsigned char *derived_key,
                                       size_t *derived_key_len)
 {
-        uint8_t derived[KEYS_HMAC_SIZE];
-        TokenLocation l;
-        int r;
-
         if (!derived_key_len)
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(base_id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = token_hmac(&l, derivation_data, derivation_data_len, derived);
-                if (r >= 0)
-                        r = keys_output_bytes(derived_key, derived_key_len, derived,
-                                              sizeof(derived));
-                OPENSSL_cleanse(derived, sizeof(derived));
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->derive_key(base_id, derivation_data, derivation_data_len,
-                                                 derived_key, derived_key_len));
+        return run(&(Op){ .id = base_id, .in = derivation_data, .in_len = derivation_data_len,
+                          .out = derived_key, .out_len = derived_key_len },
+                   token_derive_key, fs_derive_key);
 }
 
 /* ---- sign / verify ---- */
@@ -411,10 +448,13 @@ static int token_mac(const TokenLocation *l, AZIOT_KEYS_SIGN_MECHANISM mechanism
         return r;
 }
 
-static int token_sign(const TokenLocation *l, AZIOT_KEYS_SIGN_MECHANISM mechanism,
-                      const void *parameters, const unsigned char *digest, size_t digest_len,
-                      unsigned char *signature, size_t *signature_len)
+static int token_sign(const TokenLocation *l, const Op *op)
 {
+        AZIOT_KEYS_SIGN_MECHANISM mechanism = op->mechanism;
+        const void *parameters = op->parameters;
+        const unsigned char *digest = op->in;
+        size_t digest_len = op->in_len, *signature_len = op->out_len;
+        unsigned char *signature = op->out;
         _cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
         uint8_t mac[KEYS_HMAC_SIZE], buf[256];
         size_t max, n = sizeof(buf);
@@ -452,32 +492,31 @@ static int token_sign(const TokenLocation *l, AZIOT_KEYS_SIGN_MECHANISM mechanis
         }
 }
 
+static AZIOT_KEYS_RC fs_sign(const Op *op)
+{
+        return fs()->sign(op->id, op->mechanism, op->parameters, op->in, op->in_len, op->out,
+                          op->out_len);
+}
+
 static AZIOT_KEYS_RC store_sign(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechanism,
                                 const void *parameters, const unsigned char *digest,
                                 size_t digest_len, unsigned char *signature, size_t *signature_len)
 {
-        TokenLocation l;
-        int r;
-
         if (!signature_len || (!digest && digest_len > 0))
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = token_sign(&l, mechanism, parameters, digest, digest_len, signature,
-                               signature_len);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->sign(id, mechanism, parameters, digest, digest_len,
-                                           signature, signature_len));
+        return run(&(Op){ .id = id, .mechanism = mechanism, .parameters = parameters,
+                          .in = digest, .in_len = digest_len, .out = signature,
+                          .out_len = signature_len },
+                   token_sign, fs_sign);
 }
 
-static int token_verify(const TokenLocation *l, AZIOT_KEYS_SIGN_MECHANISM mechanism,
-                        const void *parameters, const unsigned char *digest, size_t digest_len,
-                        const unsigned char *signature, size_t signature_len, int *ok)
+static int token_verify(const TokenLocation *l, const Op *op)
 {
+        AZIOT_KEYS_SIGN_MECHANISM mechanism = op->mechanism;
+        const void *parameters = op->parameters;
+        const unsigned char *digest = op->in, *signature = op->sig;
+        size_t digest_len = op->in_len, signature_len = op->sig_len;
+        int *ok = op->ok;
         _cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
         uint8_t mac[KEYS_HMAC_SIZE];
         int r;
@@ -504,27 +543,23 @@ static int token_verify(const TokenLocation *l, AZIOT_KEYS_SIGN_MECHANISM mechan
         }
 }
 
+static AZIOT_KEYS_RC fs_verify(const Op *op)
+{
+        return fs()->verify(op->id, op->mechanism, op->parameters, op->in, op->in_len, op->sig,
+                            op->sig_len, op->ok);
+}
+
 static AZIOT_KEYS_RC store_verify(const char *id, AZIOT_KEYS_SIGN_MECHANISM mechanism,
                                   const void *parameters, const unsigned char *digest,
                                   size_t digest_len, const unsigned char *signature,
                                   size_t signature_len, int *ok)
 {
-        TokenLocation l;
-        int r;
-
         if (!ok || (!digest && digest_len > 0) || (!signature && signature_len > 0))
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = token_verify(&l, mechanism, parameters, digest, digest_len, signature,
-                                 signature_len, ok);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->verify(id, mechanism, parameters, digest, digest_len,
-                                             signature, signature_len, ok));
+        return run(&(Op){ .id = id, .mechanism = mechanism, .parameters = parameters,
+                          .in = digest, .in_len = digest_len, .sig = signature,
+                          .sig_len = signature_len, .ok = ok },
+                   token_verify, fs_verify);
 }
 
 /* ---- encrypt / decrypt ---- */
@@ -544,10 +579,13 @@ static int token_derived_aead(const TokenLocation *l, const void *parameters,
         return token_hmac(l, d->derivation_data, d->derivation_data_len, derived);
 }
 
-static int token_encrypt(const TokenLocation *l, AZIOT_KEYS_ENCRYPT_MECHANISM mechanism,
-                         const void *parameters, const unsigned char *in, size_t len,
-                         unsigned char *out, size_t *out_len)
+static int token_encrypt(const TokenLocation *l, const Op *op)
 {
+        AZIOT_KEYS_ENCRYPT_MECHANISM mechanism = op->mechanism;
+        const void *parameters = op->parameters;
+        const unsigned char *in = op->in;
+        size_t len = op->in_len, *out_len = op->out_len;
+        unsigned char *out = op->out;
         _cleanup_(EVP_PKEY_freep) EVP_PKEY *pkey = NULL;
         const AZIOT_KEYS_ENCRYPT_AEAD_PARAMETERS *p;
         uint8_t derived[KEYS_HMAC_SIZE];
@@ -601,33 +639,32 @@ static int token_encrypt(const TokenLocation *l, AZIOT_KEYS_ENCRYPT_MECHANISM me
         }
 }
 
+static AZIOT_KEYS_RC fs_encrypt(const Op *op)
+{
+        return fs()->encrypt(op->id, op->mechanism, op->parameters, op->in, op->in_len, op->out,
+                             op->out_len);
+}
+
 static AZIOT_KEYS_RC store_encrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mechanism,
                                    const void *parameters, const unsigned char *plaintext,
                                    size_t plaintext_len, unsigned char *ciphertext,
                                    size_t *ciphertext_len)
 {
-        TokenLocation l;
-        int r;
-
         if (!ciphertext_len || (!plaintext && plaintext_len > 0))
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = token_encrypt(&l, mechanism, parameters, plaintext, plaintext_len, ciphertext,
-                                  ciphertext_len);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->encrypt(id, mechanism, parameters, plaintext, plaintext_len,
-                                              ciphertext, ciphertext_len));
+        return run(&(Op){ .id = id, .mechanism = mechanism, .parameters = parameters,
+                          .in = plaintext, .in_len = plaintext_len, .out = ciphertext,
+                          .out_len = ciphertext_len },
+                   token_encrypt, fs_encrypt);
 }
 
-static int token_decrypt(const TokenLocation *l, AZIOT_KEYS_ENCRYPT_MECHANISM mechanism,
-                         const void *parameters, const unsigned char *in, size_t len,
-                         unsigned char *out, size_t *out_len)
+static int token_decrypt(const TokenLocation *l, const Op *op)
 {
+        AZIOT_KEYS_ENCRYPT_MECHANISM mechanism = op->mechanism;
+        const void *parameters = op->parameters;
+        const unsigned char *in = op->in;
+        size_t len = op->in_len, *out_len = op->out_len;
+        unsigned char *out = op->out;
         const AZIOT_KEYS_ENCRYPT_AEAD_PARAMETERS *p;
         uint8_t derived[KEYS_HMAC_SIZE];
         size_t capacity = *out_len, plain_len = 0;
@@ -662,27 +699,23 @@ static int token_decrypt(const TokenLocation *l, AZIOT_KEYS_ENCRYPT_MECHANISM me
         return r;
 }
 
+static AZIOT_KEYS_RC fs_decrypt(const Op *op)
+{
+        return fs()->decrypt(op->id, op->mechanism, op->parameters, op->in, op->in_len, op->out,
+                             op->out_len);
+}
+
 static AZIOT_KEYS_RC store_decrypt(const char *id, AZIOT_KEYS_ENCRYPT_MECHANISM mechanism,
                                    const void *parameters, const unsigned char *ciphertext,
                                    size_t ciphertext_len, unsigned char *plaintext,
                                    size_t *plaintext_len)
 {
-        TokenLocation l;
-        int r;
-
         if (!plaintext_len || (!ciphertext && ciphertext_len > 0))
                 return AZIOT_KEYS_RC_ERR_INVALID_PARAMETER;
-        r = token_location(id, &l);
-        if (r < 0)
-                return keys_rc_from_errno(r);
-        if (r > 0) {
-                r = token_decrypt(&l, mechanism, parameters, ciphertext, ciphertext_len, plaintext,
-                                  plaintext_len);
-                if (token_final(&l, r))
-                        return keys_rc_from_errno(r);
-        }
-        return token_then_fs(r, fs()->decrypt(id, mechanism, parameters, ciphertext,
-                                              ciphertext_len, plaintext, plaintext_len));
+        return run(&(Op){ .id = id, .mechanism = mechanism, .parameters = parameters,
+                          .in = ciphertext, .in_len = ciphertext_len, .out = plaintext,
+                          .out_len = plaintext_len },
+                   token_decrypt, fs_decrypt);
 }
 
 /* ---- the function lists ---- */
