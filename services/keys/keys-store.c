@@ -469,6 +469,14 @@ static int token_sign(const TokenLocation *l, const Op *op)
                 OPENSSL_cleanse(mac, sizeof(mac));
                 return r;
         case AZIOT_KEYS_SIGN_MECHANISM_ECDSA:
+                if (signature) {
+                        /* The token checks the key type; the public key is not needed. */
+                        r = keys_pkcs11_private_op(l->slot, l->label, KEYS_PKCS11_ECDSA, digest,
+                                                   digest_len, buf, &n);
+                        if (r < 0)
+                                return r;
+                        return keys_output_bytes(signature, signature_len, buf, n);
+                }
                 r = keys_pkcs11_key_pair_public(l->slot, l->label, &pkey);
                 if (r < 0)
                         return r;
@@ -477,15 +485,8 @@ static int token_sign(const TokenLocation *l, const Op *op)
                 max = keys_pkey_max_output_size(pkey);
                 if (max == 0 || max > sizeof(buf))
                         return -EOPNOTSUPP;
-                if (!signature) {
-                        *signature_len = max; /* DER signatures vary: the upper bound */
-                        return 0;
-                }
-                r = keys_pkcs11_private_op(l->slot, l->label, KEYS_PKCS11_ECDSA, digest,
-                                           digest_len, buf, &n);
-                if (r < 0)
-                        return r;
-                return keys_output_bytes(signature, signature_len, buf, n);
+                *signature_len = max; /* DER signatures vary: the upper bound */
+                return 0;
         default:
                 log_debug("Unknown signing mechanism %u.", mechanism);
                 return -EINVAL;
