@@ -609,7 +609,14 @@ static int do_key_pair_create(Session *s, void *userdata, CK_RV *rv)
 {
         KeyPairCall *c = userdata;
         CK_RV x = CKR_MECHANISM_INVALID;
+        CK_OBJECT_HANDLE o;
         int r;
+
+        /* Looked up again here, on the session that generates: after a session or the module
+         * was started over, what the token holds may look different than it did before. */
+        r = find_object(s, CKO_PRIVATE_KEY, c->label, &o, rv);
+        if (r >= 0 || r != -ENOENT)
+                return r;
 
         /* A public half without its private half is a failed generation: start clean. */
         r = destroy_objects(s, CKO_PUBLIC_KEY, c->label, rv);
@@ -928,6 +935,11 @@ static int do_secret_create(Session *s, void *userdata, CK_RV *rv)
         if (r < 0)
                 return r;
         aes = type == CKK_AES;
+
+        /* As for key pairs: an existing key is kept, whatever session found it. */
+        r = find_secret(s, c->label, &o, NULL, rv);
+        if (r >= 0 || r != -ENOENT)
+                return r;
 
         /* 32-byte keys; an AES token without AES-256 gets AES-128. */
         for (CK_ULONG len = 32; len >= 16; len -= 16) {

@@ -52,7 +52,9 @@ void keys_pkcs11_reset(void);
 
 /* 0 when the key pair's private key exists. */
 int keys_pkcs11_key_pair_find(const Pkcs11Uri *slot, const char *label);
-/* Generates a key pair on the token with the first algorithm of algs that the token supports. */
+/* Generates a key pair on the token with the first algorithm of algs that the token supports,
+ * unless the token already holds one labelled label (checked on the session that would generate
+ * it, so that a retry after the token came back does not replace a key). */
 int keys_pkcs11_key_pair_create(const Pkcs11Uri *slot, const char *label,
                                 const KeysAlgorithm *algs, size_t n_algs);
 /* The public key, from the public key object (or the private key's public attributes). */
@@ -67,9 +69,9 @@ int keys_pkcs11_key_pair_move(const Pkcs11Uri *slot, const char *from, const cha
 
 /* 0 when the symmetric key exists. */
 int keys_pkcs11_secret_find(const Pkcs11Uri *slot, const char *label);
-/* Generates a symmetric key: an HMAC key (usage sign/derive) or an AES key that the token can use
- * with AES-GCM (usage encrypt). -EOPNOTSUPP: the token cannot, use another location. Both usages
- * at once: -EINVAL. */
+/* Generates a symmetric key, unless one labelled label exists (as for key pairs): an HMAC key
+ * (usage sign/derive) or an AES key that the token can use with AES-GCM (usage encrypt).
+ * -EOPNOTSUPP: the token cannot, use another location. Both usages at once: -EINVAL. */
 int keys_pkcs11_secret_create(const Pkcs11Uri *slot, const char *label, AZIOT_KEYS_KEY_USAGE usage);
 /* Stores bytes as the symmetric key label (C_CreateObject), replacing what was there. */
 int keys_pkcs11_secret_import(const Pkcs11Uri *slot, const char *label, AZIOT_KEYS_KEY_USAGE usage,

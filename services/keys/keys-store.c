@@ -16,9 +16,16 @@ typedef struct PreloadedToken {
         Pkcs11Uri *uri;
 } PreloadedToken;
 
+/* An id preloaded at a file:// location: the filesystem backend serves it, and only it. */
+typedef struct PreloadedFile {
+        struct PreloadedFile *next;
+        char *id;
+} PreloadedFile;
+
 static struct {
         Pkcs11Uri *base_slot;
         PreloadedToken *preloaded;
+        PreloadedFile *preloaded_files;
 } store;
 
 /* Where on a token an id may be. */
@@ -48,6 +55,9 @@ static int token_location(const char *id, TokenLocation *ret)
 
         if (!id || !*id || strlen(id) > ID_MAX)
                 return -EINVAL;
+        for (const PreloadedFile *f = store.preloaded_files; f; f = f->next)
+                if (streq(f->id, id))
+                        return 0;
         p = preloaded_find(id);
         if (p) {
                 if (!keys_pkcs11_has_library()) {
@@ -121,6 +131,28 @@ static AZIOT_KEYS_RC run(const Op *op, int (*on_token)(const TokenLocation *l, c
 
 /* ---- parameters ---- */
 
+/* Drops what id had as a location of the other kind: the last configured location wins. */
+static void preloaded_forget(const char *id, bool token, bool file)
+{
+        for (PreloadedToken **p = &store.preloaded; token && *p; p = &(*p)->next)
+                if (streq((*p)->id, id)) {
+                        PreloadedToken *t = *p;
+                        *p = t->next;
+                        free(t->id);
+                        pkcs11_uri_free(t->uri);
+                        free(t);
+                        break;
+                }
+        for (PreloadedFile **p = &store.preloaded_files; file && *p; p = &(*p)->next)
+                if (streq((*p)->id, id)) {
+                        PreloadedFile *f = *p;
+                        *p = f->next;
+                        free(f->id);
+                        free(f);
+                        break;
+                }
+}
+
 static int set_base_slot(const char *value)
 {
         _cleanup_(pkcs11_uri_freep) Pkcs11Uri *u = NULL;
@@ -155,6 +187,7 @@ static int set_preloaded_token_key(const char *id, const char *value)
                           error ?: "out of memory");
                 return -EINVAL;
         }
+        preloaded_forget(id, /* token= */ false, /* file= */ true);
         for (p = store.preloaded; p; p = p->next)
                 if (streq(p->id, id))
                         break;
@@ -172,6 +205,25 @@ static int set_preloaded_token_key(const char *id, const char *value)
         return 0;
 }
 
+static AZIOT_KEYS_RC set_preloaded_file_key(const char *id, const char *name, const char *value)
+{
+        PreloadedFile *f;
+        AZIOT_KEYS_RC rc;
+
+        rc = fs()->set_parameter(name, value);
+        if (rc != AZIOT_KEYS_RC_OK)
+                return rc;
+        preloaded_forget(id, /* token= */ true, /* file= */ true);
+        f = calloc(1, sizeof(*f));
+        if (!f || !(f->id = strdup(id))) {
+                free(f);
+                return AZIOT_KEYS_RC_ERR_EXTERNAL;
+        }
+        f->next = store.preloaded_files;
+        store.preloaded_files = f;
+        return AZIOT_KEYS_RC_OK;
+}
+
 static AZIOT_KEYS_RC store_set_parameter(const char *name, const char *value)
 {
         const char *id;
@@ -185,6 +237,8 @@ static AZIOT_KEYS_RC store_set_parameter(const char *name, const char *value)
                 r = set_base_slot(value);
         else if ((id = startswith(name, "preloaded_key:")) && value && pkcs11_uri_is(value))
                 r = set_preloaded_token_key(id, value);
+        else if (id)
+                return set_preloaded_file_key(id, name, value);
         else
                 return fs()->set_parameter(name, value);
         return keys_rc_from_errno(r);
@@ -812,6 +866,8 @@ void keys_store_reset(void)
                 pkcs11_uri_free(p->uri);
                 free(p);
         }
+        while (store.preloaded_files)
+                preloaded_forget(store.preloaded_files->id, false, true);
         store.base_slot = pkcs11_uri_free(store.base_slot);
         keys_pkcs11_reset();
         keys_fs_reset();
