@@ -791,6 +791,8 @@ static AZIOT_KEYS_RC fs_delete(const char *id)
 
         cache_trim();
         r = entry_get(id, &e);
+        if (r == -ENAMETOOLONG)
+                return AZIOT_KEYS_RC_OK; /* no file can have that name: nothing to delete */
         if (r >= 0)
                 r = entry_unlink(e);
         return keys_rc_from_errno(r);

@@ -474,23 +474,36 @@ static int find_object(Session *s, CK_OBJECT_CLASS cls, const char *label, CK_OB
         return 0;
 }
 
-static int destroy_objects(Session *s, CK_OBJECT_CLASS cls, const char *label, CK_RV *rv)
+/* Destroys the objects of class cls labelled label, except keep (CK_INVALID_HANDLE: none). */
+static int destroy_objects_but(Session *s, CK_OBJECT_CLASS cls, const char *label,
+                               CK_OBJECT_HANDLE keep, CK_RV *rv)
 {
         CK_OBJECT_HANDLE found[MAX_FOUND];
-        CK_ULONG n = 0;
+        CK_ULONG n = 0, destroyed;
         int r;
 
         do {
                 r = find_objects(s, cls, label, found, &n, rv);
                 if (r < 0)
                         return r;
+                destroyed = 0;
                 for (CK_ULONG i = 0; i < n; i++) {
-                        CK_RV x = p11.f->C_DestroyObject(s->handle, found[i]);
+                        CK_RV x;
+
+                        if (found[i] == keep)
+                                continue;
+                        x = p11.f->C_DestroyObject(s->handle, found[i]);
                         if (x != CKR_OK && x != CKR_OBJECT_HANDLE_INVALID)
                                 return fail(s, "deleting", label, x, rv);
+                        destroyed++;
                 }
-        } while (n == MAX_FOUND);
+        } while (destroyed > 0 && n == MAX_FOUND);
         return 0;
+}
+
+static int destroy_objects(Session *s, CK_OBJECT_CLASS cls, const char *label, CK_RV *rv)
+{
+        return destroy_objects_but(s, cls, label, CK_INVALID_HANDLE, rv);
 }
 
 static int get_ulong(Session *s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *ret,
@@ -991,6 +1004,17 @@ int keys_pkcs11_secret_create(const Pkcs11Uri *slot, const char *label, AZIOT_KE
         return with_session(slot, do_secret_create, &c);
 }
 
+/* Whether the token can HMAC with key (SoftHSM2 takes keys of 32 to 512 bytes only). */
+static bool hmac_works(Session *s, CK_OBJECT_HANDLE key)
+{
+        CK_MECHANISM mech = { CKM_SHA256_HMAC, NULL, 0 };
+        uint8_t in[1] = {}, out[KEYS_HMAC_SIZE];
+        CK_ULONG n = sizeof(out);
+
+        return p11.f->C_SignInit(s->handle, &mech, key) == CKR_OK &&
+               p11.f->C_Sign(s->handle, in, sizeof(in), out, &n) == CKR_OK;
+}
+
 static int do_secret_import(Session *s, void *userdata, CK_RV *rv)
 {
         SecretCall *c = userdata;
@@ -1027,18 +1051,25 @@ static int do_secret_import(Session *s, void *userdata, CK_RV *rv)
                 ATTR(CKA_LABEL, c->label, strlen(c->label)),
         };
 
-        r = destroy_objects(s, CKO_SECRET_KEY, c->label, rv);
+        /* The new key first, then the old ones go: a crash in between leaves the old key, or
+         * both (the lookup then warns and takes one), never none. */
+        x = p11.f->C_CreateObject(s->handle, t, ELEMENTSOF(t), &o);
+        if (x != CKR_OK && (rv_session_lost(x) || rv_device_lost(x)))
+                return fail(s, "importing", c->label, x, rv);
+        if (x != CKR_OK || (!aes && !hmac_works(s, o))) {
+                /* This token cannot hold (or cannot use) this key: as upstream, it goes to the
+                 * next location, and an older key of that name must not shadow it there. */
+                if (x == CKR_OK)
+                        (void)p11.f->C_DestroyObject(s->handle, o);
+                log_info("PKCS#11 token %s cannot take key %s (%s); it goes elsewhere.",
+                         s->display, KEY_ID(c->label),
+                         x != CKR_OK ? RV(x) : "HMAC-SHA256 refuses its length");
+                r = destroy_objects(s, CKO_SECRET_KEY, c->label, rv);
+                return r < 0 ? r : -EOPNOTSUPP;
+        }
+        r = destroy_objects_but(s, CKO_SECRET_KEY, c->label, o, rv);
         if (r < 0)
                 return r;
-        x = p11.f->C_CreateObject(s->handle, t, ELEMENTSOF(t), &o);
-        if (x == CKR_FUNCTION_NOT_SUPPORTED || x == CKR_MECHANISM_INVALID ||
-            x == CKR_TEMPLATE_INCONSISTENT || x == CKR_ATTRIBUTE_TYPE_INVALID) {
-                log_info("PKCS#11 token %s cannot import keys (%s); key %s goes elsewhere.",
-                         s->display, RV(x), KEY_ID(c->label));
-                return -EOPNOTSUPP;
-        }
-        if (x != CKR_OK)
-                return fail(s, "importing", c->label, x, rv);
         log_info("Imported key %s to PKCS#11 token %s.", KEY_ID(c->label), s->display);
         return 0;
 }

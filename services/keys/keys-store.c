@@ -677,6 +677,14 @@ static int token_encrypt(const TokenLocation *l, const Op *op)
                 if (keys_pkey_algorithm(pkey) != AZIOT_KEYS_KEY_PAIR_PARAMETER_ALGORITHM_RSA)
                         return -EOPNOTSUPP;
                 max = keys_pkey_max_output_size(pkey);
+                /* Checked here: some tokens do not fail cleanly on a block of the wrong size
+                 * (SoftHSM2 exits the process). PKCS#1 v1.5 padding takes 11 bytes. */
+                if (mechanism == AZIOT_KEYS_ENCRYPT_MECHANISM_RSA_NO_PADDING ? len != max
+                                                                             : len + 11 > max) {
+                        log_debug("%zu bytes cannot be signed raw with an RSA key of %zu bytes.",
+                                  len, max);
+                        return -EBADMSG;
+                }
                 *out_len = max;
                 if (!out)
                         return 0;
