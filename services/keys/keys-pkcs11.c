@@ -264,7 +264,6 @@ static Session *session_free(Session *s)
 
 static int session_get(const Pkcs11Uri *slot, Session **ret)
 {
-        _cleanup_free_ char *display = NULL;
         Session *s;
 
         for (s = p11.sessions; s; s = s->next)
