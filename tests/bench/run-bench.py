@@ -12,6 +12,9 @@ real polkitd, keyd activated on demand, the gateway on keyd.sock) it measures:
   * Sign straight over D-Bus with tests/bench/dbus-sign, 1 and 16 calls in flight;
   * /sign ECDSA-P256 through the gateway, 1 and 16 connections, with a key pair in the file store
     and with one on a softhsm2 token (a preloaded PKCS#11 location), so that the two compare;
+  * TLS handshakes per second with client authentication (tests/bench/tls-handshake, client and
+    server in one process), the client key held by keyd through the OpenSSL provider beside an
+    in-memory key of the same type: EC P-256 and RSA-2048, TLS 1.3 and 1.2;
   * the in-process floor with tests/bench/hmac-floor;
   * the machine's floor for a sequential request with tests/bench/pingpong: 200 bytes to an echo
     server and back, directly (two processes woken per request) and through a relay (four, as
@@ -28,6 +31,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -177,6 +181,25 @@ def measure(args):
             for where, path in ecdsa_bodies.items()}
         results["keyd_with_pkcs11"] = memory_kib(kpid)
 
+        results["tls"] = {}
+        tls_env = dict(env, OPENSSL_MODULES=os.path.join(build, "provider"))
+        for alg, key_id in (("ec-p256", "bench-tls-ec"), ("rsa-2048", "bench-tls-rsa")):
+            status, created = http(sock, "POST", "/keypair?api-version=2021-05-01",
+                                   {"keyId": key_id, "preferredAlgorithms": alg})
+            if status != 200:
+                raise SystemExit(f"cannot create the {alg} key pair: {status} {created}")
+            for version in ("--tls1_3", "--tls1_2"):
+                out = subprocess.run([os.path.join(bench_bin, "tls-handshake"), "--key-pair-id",
+                                      key_id, "--seconds", str(min(args.seconds, 5)), version],
+                                     env=tls_env, capture_output=True, text=True, timeout=120)
+                rates = re.findall(r"= (\d+)/s \(mean (\d+) us\)", out.stdout)
+                if out.returncode != 0 or len(rates) != 2:
+                    raise SystemExit(f"tls-handshake failed ({out.returncode}):\n"
+                                     f"{out.stdout}{out.stderr}")
+                results["tls"][f"{alg} {version[2:].replace('_', '.')}"] = {
+                    "keyd": {"per_second": int(rates[0][0]), "mean_us": int(rates[0][1])},
+                    "memory": {"per_second": int(rates[1][0]), "mean_us": int(rates[1][1])}}
+
     results["hmac_floor"] = run_json([os.path.join(bench_bin, "hmac-floor"), "2"], os.environ)
     pingpong = [os.path.join(bench_bin, "pingpong")]
     cpu = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
@@ -209,6 +232,10 @@ def table(r):
            f"p50 {r['http_ecdsa'][where][str(c)]['p50_us']:.0f} µs, "
            f"p99 {r['http_ecdsa'][where][str(c)]['p99_us']:.0f} µs")
           for where in ("file", "softhsm2") for c in (1, 16)],
+        *[(f"TLS handshakes, client key {what}",
+           f"{t['keyd']['per_second']} /s keyd key · {t['memory']['per_second']} /s in memory",
+           f"mean {t['keyd']['mean_us']} µs · {t['memory']['mean_us']} µs")
+          for what, t in r["tls"].items()],
         ("`Sign` over D-Bus, 1 in flight", f"{d1['calls_per_second']:.0f} calls/s",
          f"p50 {d1['p50_us']:.0f} µs, p99 {d1['p99_us']:.0f} µs"),
         ("`Sign` over D-Bus, 16 in flight", f"{d16['calls_per_second']:.0f} calls/s",
