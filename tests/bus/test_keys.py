@@ -30,9 +30,10 @@ AZIOT_KEYS_BACKEND, the key store under test:
                   RSA-4096 does not exist on swtpm: there it must fall through to the next
                   preferred algorithm.
 
-The same tests run on every backend; what differs is checked through a few helpers
-(KeydTestCase.assertStored, assertNotStored, assertStoredIds, listing, fingerprint,
-expected_hmac, secret_length): a key in a file is checked byte for byte, mode 0600 in a 0700
+The same tests run on every backend; what differs is checked through a few helpers (KeyStoreChecks
+of tests/lib/aziot_keys_backend.py, shared with the gateway suite: assertStored, assertNotStored,
+assertStoredIds, listing, fingerprint, expected_hmac, secret_length, stored_public_key; and
+KeydTestCase.assertAeadRoundTrip): a key in a file is checked byte for byte, mode 0600 in a 0700
 directory; a key on a token must be there once, CKA_SENSITIVE, not CKA_EXTRACTABLE (generated ones
 also CKA_NEVER_EXTRACTABLE, CKA_ALWAYS_SENSITIVE and CKA_LOCAL), with no file in the home, and is
 checked by behaviour: HMAC against the token's own CKM_SHA256_HMAC (computed in another process,
@@ -53,7 +54,6 @@ import select
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -70,7 +70,6 @@ XML_PATH = os.path.join(SOURCE_DIR, "dbus", "org.aziot.Keys1.xml")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 import aziot_harness  # noqa: E402
-from aziot_tokens import SoftHsmToken, Tpm2Pkcs11Token  # noqa: E402
 
 import dbus  # noqa: E402
 import dbus.lowlevel  # noqa: E402
@@ -94,23 +93,16 @@ from aziot_keys_oracle import (  # noqa: E402
     NOT_DERIVED, b64, bad_param, emsa_pss_encode_sha256, handle_parts, hmac256, key_file_name,
     make_handle, tree_listing, with_sig)
 
-BACKEND = os.environ.get("AZIOT_KEYS_BACKEND") or "file"
-if BACKEND not in ("file", "softhsm2", "tpm2"):
-    sys.exit(f"AZIOT_KEYS_BACKEND must be file, softhsm2 or tpm2, not {BACKEND!r}")
-ON_TOKEN = BACKEND != "file"
-# Where keyd puts what it makes (services/keys/keys-store.c): with a base slot, key pairs on the
-# token; symmetric keys on the token when it can generate/import them (SoftHSM2), else (tpm2) in
-# the home, the second location.
-SECRETS_ON_TOKEN = BACKEND == "softhsm2"
-# What a test stores: a symmetric key keyd generated, one the test imported, a key pair.
-GENERATED, IMPORTED, PAIR = "generated", "imported", "pair"
+# The key store under test, where it puts what, and the checks of stored keys:
+# tests/lib/aziot_keys_backend.py, shared with the gateway suite.
+from aziot_keys_backend import (  # noqa: E402
+    GENERATED, IMPORTED, PAIR, KeyStoreChecks, backend_from_env, wipe_token)
+import aziot_keys_backend  # noqa: E402
 
-
-def location_of(kind):
-    """Where keyd must store a key of that kind on this backend: "token" or "file"."""
-    if kind == PAIR:
-        return "token" if ON_TOKEN else "file"
-    return "token" if SECRETS_ON_TOKEN else "file"
+BACKEND = backend_from_env()
+ON_TOKEN = BACKEND.on_token
+SECRETS_ON_TOKEN = BACKEND.secrets_on_token
+location_of = BACKEND.location_of
 
 RESERVED = bad_param("handle", "the key handle-validation-key is reserved")
 # CreateKeyPairIfNotExists with ["rsa-4096"] alone on swtpm, which cannot make one: upstream's
@@ -317,144 +309,15 @@ class UserClient:
 # Independent computations
 
 
-
 def compressed_point(public_key):
     return public_key.public_bytes(serialization.Encoding.X962,
                                    serialization.PublicFormat.CompressedPoint)
 
 
-
-# Every object of a token with the attributes the tests look at, read in a separate process
-# that loads the token's module (ctypes), logs in and prints JSON: exact labels (bytes, so that
-# ids with tabs, newlines or 4096 characters come out as they are) and each attribute's value
-# (hex) or null when the token does not give it (CKR_ATTRIBUTE_SENSITIVE, ..._TYPE_INVALID).
-TOKEN_LISTER = r"""
-import ctypes, json, sys
-spec = json.load(sys.stdin)
-ul = ctypes.c_ulong
-
-
-class Attr(ctypes.Structure):
-    _fields_ = [("type", ul), ("pValue", ctypes.c_void_p), ("ulValueLen", ul)]
-
-
-lib = ctypes.CDLL(spec["module"])
-for name in ("C_Initialize", "C_Finalize", "C_GetSlotList", "C_GetTokenInfo", "C_OpenSession",
-             "C_Login", "C_FindObjectsInit", "C_FindObjects", "C_FindObjectsFinal",
-             "C_GetAttributeValue", "C_CloseSession"):
-    getattr(lib, name).restype = ul
-
-
-def ck(rv, what):
-    if rv != 0:
-        sys.exit(f"{what}: CKR 0x{rv:x}")
-
-
-ck(lib.C_Initialize(None), "C_Initialize")
-n = ul(0)
-ck(lib.C_GetSlotList(ctypes.c_ubyte(1), None, ctypes.byref(n)), "C_GetSlotList")
-slots = (ul * max(n.value, 1))()
-ck(lib.C_GetSlotList(ctypes.c_ubyte(1), slots, ctypes.byref(n)), "C_GetSlotList")
-slot = None
-for i in range(n.value):
-    info = ctypes.create_string_buffer(1024)  # CK_TOKEN_INFO begins with the 32-byte label
-    if lib.C_GetTokenInfo(ul(slots[i]), info) == 0 and \
-            info.raw[:32].rstrip(b" ") == spec["token"].encode():
-        slot = slots[i]
-        break
-if slot is None:
-    sys.exit(f"no token labelled {spec['token']!r}")
-session = ul(0)
-ck(lib.C_OpenSession(ul(slot), ul(0x6), None, None, ctypes.byref(session)), "C_OpenSession")
-pin = spec["pin"].encode()
-ck(lib.C_Login(session, ul(1), ctypes.c_char_p(pin), ul(len(pin))), "C_Login")
-ck(lib.C_FindObjectsInit(session, None, ul(0)), "C_FindObjectsInit")
-handles = []
-while True:
-    found, count = (ul * 64)(), ul(0)
-    ck(lib.C_FindObjects(session, found, ul(64), ctypes.byref(count)), "C_FindObjects")
-    handles += list(found[:count.value])
-    if count.value < 64:
-        break
-lib.C_FindObjectsFinal(session)
-objects = []
-for h in handles:
-    obj = {}
-    for name, t in spec["attrs"].items():
-        a = Attr(t, None, 0)
-        rv = lib.C_GetAttributeValue(session, ul(h), ctypes.byref(a), ul(1))
-        obj[name] = None
-        if rv == 0 and a.ulValueLen != ul(-1).value:
-            buf = ctypes.create_string_buffer(max(a.ulValueLen, 1))
-            a.pValue = ctypes.cast(buf, ctypes.c_void_p)
-            if lib.C_GetAttributeValue(session, ul(h), ctypes.byref(a), ul(1)) == 0:
-                obj[name] = buf.raw[:a.ulValueLen].hex()
-    objects.append(obj)
-lib.C_CloseSession(session)
-lib.C_Finalize(None)
-json.dump(objects, sys.stdout)
-"""
-
-CKA = {"class": 0x0, "label": 0x3, "value": 0x11, "key_type": 0x100, "id": 0x102,
-       "sensitive": 0x103, "private_exponent": 0x123, "value_len": 0x161, "extractable": 0x162,
-       "local": 0x163, "never_extractable": 0x164, "always_sensitive": 0x165}
-CKO_NAMES = {0: "data", 1: "certificate", 2: "public", 3: "private", 4: "secret"}
-CKK_GENERIC_SECRET, CKK_AES = 0x10, 0x1F
-
-
-def token_objects(token):
-    """Every object of the token: dicts with class ("public", "private", "secret"), label (str),
-    key_type, value_len (ints or None), sensitive, extractable, local, never_extractable,
-    always_sensitive (bools or None), id (bytes) and readable (whether any secret value came out:
-    CKA_VALUE or CKA_PRIVATE_EXPONENT, non-empty)."""
-    spec = {"module": token.module, "token": token.label, "pin": token.pin, "attrs": CKA}
-    r = subprocess.run([PYTHON, "-c", TOKEN_LISTER], input=json.dumps(spec), text=True,
-                       capture_output=True, env=token.tool_env(), timeout=60)
-    if r.returncode != 0:
-        raise AssertionError(f"listing the objects of token {token.label!r} failed: "
-                             f"{r.stderr.strip()}")
-    out = []
-    for raw in json.loads(r.stdout):
-        value = {k: (bytes.fromhex(v) if v is not None else None) for k, v in raw.items()}
-
-        def ulong(b):
-            return int.from_bytes(b, sys.byteorder) if b else None
-
-        def boolean(b):
-            return bool(b[0]) if b else None
-        out.append({
-            "class": CKO_NAMES.get(ulong(value["class"]), ulong(value["class"])),
-            "label": value["label"].decode("utf-8", "surrogateescape")
-            if value["label"] is not None else None,
-            "id": value["id"],
-            "key_type": ulong(value["key_type"]),
-            "value_len": ulong(value["value_len"]),
-            "readable": bool(value["value"]) or bool(value["private_exponent"]),
-            **{k: boolean(value[k]) for k in ("sensitive", "extractable", "local",
-                                              "never_extractable", "always_sensitive")},
-        })
-    return out
-
-
-def wipe_token(token):
-    """Deletes every object of the token (between the keyd homes that share a tpm2 token)."""
-    types = {"public": "pubkey", "private": "privkey", "secret": "secrkey"}
-    for o in token_objects(token):
-        args = ["--delete-object", "--type", types.get(o["class"], "data")]
-        args += ["--id", o["id"].hex()] if o["id"] else ["--label", o["label"]]
-        token.pkcs11_tool(args, what=f"deleting {o['class']} {o['label']!r}")
-    left = token_objects(token)
-    if left:
-        raise AssertionError(f"token {token.label!r} still holds {left}")
-
-
 def import_sign_and_encrypt(client, key_id, key):
     """See KeydTestCase.import_sign_and_encrypt."""
-    if not ON_TOKEN:
-        handle = client.call("ImportKey", key_id, key, ["sign", "encrypt"], OPTS)
-        return handle, handle
-    return (client.call("ImportKey", key_id, key, ["sign"], OPTS),
-            client.call("ImportKey", key_id + "-enc", key, ["encrypt"], OPTS))
+    return aziot_keys_backend.import_sign_and_encrypt(
+        BACKEND, lambda *args: client.call("ImportKey", *args, OPTS), key_id, key)
 
 
 def wait_until(predicate, timeout, what):
@@ -507,11 +370,10 @@ class KeydState:
         return env
 
     def key_path(self, key_id):
-        return os.path.join(self.keys_dir, key_file_name(key_id))
+        return aziot_keys_backend.key_path(self.keys_dir, key_id)
 
     def read_key(self, key_id):
-        with open(self.key_path(key_id), "rb") as f:
-            return f.read()
+        return aziot_keys_backend.read_key_file(self.keys_dir, key_id)
 
     def write_principals(self, name, entries):
         """config.d/NAME.toml with [[principal]] entries [(uid, [globs])], renamed in whole."""
@@ -526,12 +388,17 @@ class KeydState:
         os.unlink(os.path.join(self.config_dir, f"{name}.toml"))
 
 
-class KeydTestCase(unittest.TestCase):
+class KeydTestCase(KeyStoreChecks, unittest.TestCase):
     """One stack (bus, polkitd) per class. keyd_scope "test": a fresh keyd with a fresh home for
-    every test; "class": one keyd for the whole class; None: the test starts what it needs."""
+    every test; "class": one keyd for the whole class; None: the test starts what it needs.
+    Where keys are stored, on every backend: KeyStoreChecks (aziot_keys_backend), on the test's
+    home and token."""
 
     keyd_scope = "test"
     keyd_env = {}
+    key_store_backend = BACKEND
+    key_store_dir = property(lambda self: self.state.keys_dir)
+    key_store_token = property(lambda self: self.state.token)
 
     @classmethod
     def setUpClass(cls):
@@ -548,10 +415,10 @@ class KeydTestCase(unittest.TestCase):
         cls.class_keyd = None
         cls.class_token = None
         try:
-            if BACKEND == "tpm2":
+            if BACKEND.name == "tpm2":
                 # ~1 s to set up (swtpm, tpm2-abrmd, store, token): one per class, emptied before
                 # every keyd home (new_state).
-                cls.class_token = Tpm2Pkcs11Token(os.path.join(cls.run_dir, "tpm2"))
+                cls.class_token = BACKEND.make_token(os.path.join(cls.run_dir, "tpm2"))
             cls.stack.start()
             cls.root = RootClient(cls.stack.bus())
             cls.prepare_class()
@@ -590,9 +457,9 @@ class KeydTestCase(unittest.TestCase):
         directory = os.path.join(cls.run_dir, f"t{cls.serial}")
         os.makedirs(directory)
         token = None
-        if BACKEND == "softhsm2":
-            token = SoftHsmToken(os.path.join(directory, "token"))  # ~0.03 s: one per home
-        elif BACKEND == "tpm2":
+        if BACKEND.name == "softhsm2":
+            token = BACKEND.make_token(os.path.join(directory, "token"))  # ~0.03 s: one per home
+        elif BACKEND.name == "tpm2":
             token = cls.class_token
             wipe_token(token)  # what the class's previous homes left there
         return KeydState(directory, token)
@@ -754,153 +621,6 @@ class KeydTestCase(unittest.TestCase):
             public_key.verify(sig, data, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
                               hashes.SHA256())
 
-    def assertKeyFile(self, key_id, content=None):
-        """The key's file is where spec §2.8 puts it, mode 0600, in a 0700 directory; returns its
-        bytes."""
-        path = self.state.key_path(key_id)
-        st = os.stat(path)
-        self.assertTrue(stat.S_ISREG(st.st_mode))
-        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600, path)
-        self.assertEqual(stat.S_IMODE(os.stat(self.state.keys_dir).st_mode), 0o700)
-        data = self.state.read_key(key_id)
-        if content is not None:
-            self.assertEqual(data, content)
-        return data
-
-    # -- where keys are stored, on every backend ----------------------------------------------
-
-    def token_objects(self, key_id=None):
-        """The objects of the home's token (all, or those labelled key_id); [] without one."""
-        if self.state.token is None:
-            return []
-        objects = token_objects(self.state.token)
-        return objects if key_id is None else [o for o in objects if o["label"] == key_id]
-
-    def key_files(self):
-        """The names in the home's keys directory (none when it does not exist)."""
-        try:
-            return set(os.listdir(self.state.keys_dir))
-        except FileNotFoundError:
-            return set()
-
-    def listing(self):
-        """Everything stored: {"files": key file names, "token": {label: sorted classes}}."""
-        token = {}
-        for o in self.token_objects():
-            token.setdefault(o["label"], []).append(o["class"])
-        return {"files": self.key_files(), "token": {k: sorted(v) for k, v in token.items()}}
-
-    def expected_listing(self, kinds, base=None):
-        """The listing() there must be when the keys {id: kind} were added to base (a listing)."""
-        out = {"files": set(), "token": {}} if base is None else \
-            {"files": set(base["files"]), "token": dict(base["token"])}
-        for key_id, kind in kinds.items():
-            if location_of(kind) == "file":
-                out["files"].add(key_file_name(key_id))
-            else:
-                out["token"][key_id] = ["private", "public"] if kind == PAIR else ["secret"]
-        return out
-
-    def assertStoredIds(self, kinds, base=None):
-        """What is stored is exactly base (a listing()) plus the keys {id: kind}, each where its
-        kind belongs on this backend."""
-        self.assertEqual(self.listing(), self.expected_listing(kinds, base))
-
-    def assertStored(self, key_id, kind, content=None, usage=None):
-        """The key is stored where keyd must put a key of that kind on this backend, and only
-        there. In a file: as assertKeyFile, returns its bytes. On the token: exactly one secret key
-        (or one private and one public key) labelled key_id, sensitive, not extractable, its value
-        not readable, generated ones never extractable, always sensitive and made on the token;
-        content (imported) fixes CKA_VALUE_LEN, usage ("sign" or "encrypt") the key type; no file
-        in the home. Returns content: the bytes of a key generated on a token are nobody's."""
-        objects = self.token_objects(key_id)
-        if location_of(kind) == "file":
-            self.assertEqual(objects, [], f"{key_id!r} is on the token too")
-            return self.assertKeyFile(key_id, content)
-        self.assertFalse(os.path.lexists(self.state.key_path(key_id)),
-                         f"{key_id!r} is on the token and has a file in the home")
-        self.assertEqual(sorted(o["class"] for o in objects),
-                         ["private", "public"] if kind == PAIR else ["secret"],
-                         f"objects labelled {key_id!r}")
-        key = next(o for o in objects if o["class"] != "public")
-        self.assertIs(key["sensitive"], True, key_id)
-        self.assertIs(key["extractable"], False, key_id)
-        self.assertFalse(key["readable"], f"the value of {key_id!r} can be read")
-        if kind != IMPORTED:
-            for flag in ("never_extractable", "always_sensitive", "local"):
-                self.assertIs(key[flag], True, f"{key_id!r}: {flag}")
-        if content is not None:
-            self.assertEqual(key["value_len"], len(content), key_id)
-        if usage is not None:
-            self.assertEqual(key["key_type"], CKK_AES if usage == "encrypt" else
-                             CKK_GENERIC_SECRET, f"key type of {key_id!r} ({usage})")
-        return content
-
-    def assertNotStored(self, key_id):
-        """Neither a file nor a token object for key_id."""
-        self.assertFalse(os.path.lexists(self.state.key_path(key_id)), f"{key_id!r} has a file")
-        self.assertEqual(self.token_objects(key_id), [], f"{key_id!r} is on the token")
-
-    def write_key_file(self, key_id, data):
-        """A key file as upstream writes it (spec §2.8): keys/ 0700, the file 0600."""
-        os.makedirs(self.state.keys_dir, mode=0o700, exist_ok=True)
-        path = self.state.key_path(key_id)
-        with open(path, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o600)
-
-    def stored_secret(self, key_id):
-        """Where the symmetric key key_id is (as keyd resolves it: the token first):
-        ("token", None) or ("file", its bytes)."""
-        if any(o["class"] == "secret" for o in self.token_objects(key_id)):
-            return "token", None
-        return "file", self.state.read_key(key_id)
-
-    def expected_hmac(self, key_id, data):
-        """HMAC-SHA256 of data with the stored key key_id, computed without keyd: Python's hmac
-        over the file's bytes, or the token's CKM_SHA256_HMAC (another process, through the
-        PKCS#11 module)."""
-        where, material = self.stored_secret(key_id)
-        if where == "file":
-            return hmac256(material, data)
-        (result,) = self.state.token.probe([{"op": "sign", "label": key_id, "class": "secret",
-                                              "mechanism": "SHA256-HMAC", "data": data}])
-        self.assertEqual(result.get("rv"), "CKR_OK", f"HMAC with {key_id!r} on the token")
-        return result["sig"]
-
-    def secret_length(self, key_id):
-        """The length of the stored symmetric key: of the file, or CKA_VALUE_LEN on the token."""
-        where, material = self.stored_secret(key_id)
-        if where == "file":
-            return len(material)
-        (key,) = [o for o in self.token_objects(key_id) if o["class"] == "secret"]
-        return key["value_len"]
-
-    def fingerprint(self, key_id):
-        """What identifies the stored key, to see that it was not replaced: a file's bytes; on a
-        token the objects' classes and CKA_IDs, with the HMAC of a fixed message for a secret key
-        and the public key (pkcs11-tool) for a key pair."""
-        objects = self.token_objects(key_id)
-        if not objects:
-            return ("file", self.state.read_key(key_id))
-        out = sorted((o["class"], o["id"]) for o in objects)
-        if any(o["class"] == "secret" for o in objects):
-            out.append(self.expected_hmac(key_id, b"fingerprint"))
-        if any(o["class"] == "public" for o in objects):
-            out.append(self.state.token.public_key_pem(key_id))
-        return ("token", out)
-
-    def stored_public_key(self, key_id):
-        """The public key of the stored key pair, read without keyd: from the PKCS#8 PEM file
-        (checked to be one), or from the token with pkcs11-tool."""
-        if location_of(PAIR) == "file":
-            data = self.assertKeyFile(key_id)
-            self.assertTrue(data.startswith(b"-----BEGIN PRIVATE KEY-----\n"), data[:40])
-            return serialization.load_pem_private_key(data, password=None).public_key()
-        self.assertStored(key_id, PAIR)
-        return serialization.load_pem_public_key(
-            self.state.token.public_key_pem(key_id).encode())
-
     def assertAeadRoundTrip(self, handle):
         """For a key whose bytes nobody knows (generated on a token): ciphertexts are 0x02 ||
         ct || 16-byte tag, decrypt back, depend on the iv and fail to authenticate when
@@ -944,16 +664,9 @@ class SymmetricKeyTest(KeydTestCase):
             for data in (b"", b"hello", os.urandom(4000)):
                 self.assertEqual(self.call("Sign", handle, "HMAC-SHA256", data, OPTS),
                                  hmac256(key, data), f"{len(key)}-byte key")
-            if SECRETS_ON_TOKEN and not 32 <= len(key) <= 512:
-                # SoftHSM's CKM_SHA256_HMAC takes keys of 32 to 512 bytes only: a key it cannot
-                # sign with may live in the home instead (as what a token cannot do goes to the
-                # next location); it is in one place, and whole.
-                on_token = self.token_objects(key_id)
-                if on_token:
-                    self.assertStored(key_id, IMPORTED, key, usage="sign")
-                else:
-                    self.assertKeyFile(key_id, key)
-                continue
+            # SoftHSM's CKM_SHA256_HMAC takes keys of 32 bytes or more only: a key it cannot sign
+            # with goes to the home (what a token cannot take goes to the next location), in one
+            # place and whole (location_of).
             self.assertStored(key_id, IMPORTED, key, usage="sign")
 
     def test_generated_key_is_32_random_bytes_in_a_private_file(self):
@@ -1234,7 +947,7 @@ class KeyPairTest(KeydTestCase):
                          public_key.public_numbers())
 
     def test_rsa_4096_signs_pkcs1_and_pss(self):
-        if BACKEND == "tpm2":
+        if BACKEND.name == "tpm2":
             # swtpm has no RSA-4096 (C_GenerateKeyPair: CKR_ATTRIBUTE_VALUE_INVALID, "Keysize
             # 4096 not supported"): asked for alone, no key pair, and nothing left behind; with a
             # next preferred algorithm, that one.
@@ -1428,7 +1141,7 @@ class BadInputTest(KeydTestCase):
         # key, and nothing derived from a private key may leave keyd.
         handle = self.call("CreateDerivedKey", self.ec, b"data", OPTS)
         # The PEM file's HMAC, what must not come out; a token's private key has no bytes here.
-        leaked = hmac256(self.state.read_key("ec"), b"data") if not ON_TOKEN else None
+        leaked = hmac256(self.read_key("ec"), b"data") if not ON_TOKEN else None
         aead = {"iv": bytes(12), "aad": b""}
         for method, *args in [("ExportDerivedKey", handle, OPTS),
                               ("Sign", handle, "HMAC-SHA256", b"m", OPTS),
@@ -2268,8 +1981,8 @@ class CrashSafetyTest(KeydTestCase):
         if on_token:
             fixed = {HVK: self.fingerprint(HVK), "warm-up": self.fingerprint("warm-up")}
         else:
-            allowed = {key_file_name(HVK): [self.state.read_key(HVK)],
-                       key_file_name("warm-up"): [self.state.read_key("warm-up")]}
+            allowed = {key_file_name(HVK): [self.read_key(HVK)],
+                       key_file_name("warm-up"): [self.read_key("warm-up")]}
         imported = {}
         for round in range(self.ROUNDS):
             items = [(f"crash-{round}-{i}", os.urandom(self.value_length(i, 37)))
@@ -2299,8 +2012,8 @@ class CrashSafetyTest(KeydTestCase):
         if on_token:
             fixed = {HVK: self.fingerprint(HVK), "warm-up": self.fingerprint("warm-up")}
         else:
-            allowed = {key_file_name(HVK): [self.state.read_key(HVK)],
-                       key_file_name("warm-up"): [self.state.read_key("warm-up")],
+            allowed = {key_file_name(HVK): [self.read_key(HVK)],
+                       key_file_name("warm-up"): [self.read_key("warm-up")],
                        key_file_name("crash-one"): []}
         values_so_far = []
         for round in range(self.ROUNDS):
@@ -2528,5 +2241,5 @@ TPM2_SUBSET = [
 if __name__ == "__main__":
     sys.stderr.write(f"key store backend: {BACKEND}\n")
     result = unittest.main(verbosity=2, exit=False,
-                           defaultTest=TPM2_SUBSET if BACKEND == "tpm2" else None).result
+                           defaultTest=TPM2_SUBSET if BACKEND.name == "tpm2" else None).result
     sys.exit(0 if result.wasSuccessful() else 1)

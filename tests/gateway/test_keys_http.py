@@ -10,7 +10,24 @@ message against spec §1.3/§1.4/§2.3/§2.4, and every JSON answer against its 
 interfaces/keys.yaml. Clients other than root run as the harness's test users in processes of their
 own (the agent of tests/lib/aziot_http.py), so that the gateway and keyd see their real uids.
 
-Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR.
+Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, and AZIOT_KEYS_BACKEND, keyd's key
+store (tests/lib/aziot_keys_backend.py):
+
+  file (default)  keyd's filesystem store alone: keys are files of its home, read byte for byte.
+  softhsm2        a SoftHSM2 token as keyd's pkcs11_base_slot, one per class (tests/lib/
+                  aziot_tokens.py): key pairs, symmetric keys and the handle-validation-key on the
+                  token, where nothing can read them; they are checked by behaviour instead (HMACs
+                  against the token's own CKM_SHA256_HMAC, computed outside keyd; key pairs against
+                  the public key read from the token), with the same tests.
+
+What keyd stores is checked through aziot_keys_backend.KeyStoreChecks (assertStored,
+assertNotStored, assertStoredIds, listing, fingerprint, expected_hmac, stored_public_key), as in the
+D-Bus suite. Differences that are upstream's are asserted as such where they occur: PKCS#11 keys
+have one usage, so a new key asked with both sign/derive and encrypt is refused (400) on a token
+and the tests that use one key both ways import it twice (key_id, key_id + "-enc"); v1 AEAD
+ciphertexts are for filesystem keys only (400 with a token key); an imported sign/derive key
+shorter than the token's HMAC takes goes to the file store; ids too long for a file name are ids
+like any other on a token.
 """
 
 import hashlib
@@ -42,10 +59,15 @@ from aziot_keys_oracle import BAD_MECHANISM, BAD_VALUE, HVK, INTERNAL, INVALID_H
     emsa_pss_encode_sha256, handle_parts, hmac256, key_file_name, make_handle, tree_listing, \
     unb64, with_sig  # noqa: E402
 
+import aziot_keys_backend  # noqa: E402
+from aziot_keys_backend import GENERATED, IMPORTED, PAIR, KeyStoreChecks, \
+    backend_from_env  # noqa: E402
+
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
+BACKEND = backend_from_env(allowed=("file", "softhsm2"))
 VERSIONS = ("2020-09-01", "2021-05-01")
 V2021 = "2021-05-01"
 KEYS_GROUP = "aziotks"
@@ -89,13 +111,15 @@ OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "keys.yam
 # The fixture
 
 
-class KeysHttpTestCase(unittest.TestCase):
+class KeysHttpTestCase(KeyStoreChecks, unittest.TestCase):
     """A stack per class: bus, polkitd, keyd activatable (no idle exit, debug log) and the gateway
     on run_dir/sockets/keyd.sock, which is mode 0660 and group aziotks as a packaged socket unit
-    makes it (spec §6.1), so that the test users in that group reach it."""
+    makes it (spec §6.1), so that the test users in that group reach it. With a token backend,
+    keyd's base slot is a token of the class's own (run_dir/token)."""
 
     MAX_REQUESTS = None
     BUS_POLICY = None  # a bus policy .conf added to the project's, or None
+    key_store_backend = BACKEND
 
     @classmethod
     def setUpClass(cls):
@@ -116,26 +140,35 @@ class KeysHttpTestCase(unittest.TestCase):
         cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR,
                                         extra_bus_policy_dirs=policy_dirs)
         cls.failed = False
+        cls.token = None
         try:
+            cls.token = BACKEND.make_token(os.path.join(cls.run_dir, "token"))
             cls.stack.start()
             cls.services = aziot_stack.KeysServices(
                 cls.stack, keyd_args=["--idle-timeout=0"], keyd_env={"AZIOT_LOG": "debug"},
-                gateway_env={"AZIOT_LOG": "debug"})
+                gateway_env={"AZIOT_LOG": "debug"}, token=cls.token)
             cls.services.start(max_requests=cls.MAX_REQUESTS)
             cls.sock = cls.services.keyd_socket
             os.chown(cls.sock, 0, cls.keys_gid)
             cls.home = cls.services.keyd_home
-            cls.keys_dir = os.path.join(cls.home, "keys")
+            cls.keys_dir = cls.key_store_dir = os.path.join(cls.home, "keys")
+            cls.key_store_token = cls.token
+            # What keyd may change: its home, and its token's files.
+            cls.keyd_state_dirs = [cls.home] + ([cls.token.base_dir] if cls.token else [])
             cls.gateway = cls.services.gateway
             cls.prepare_class()
         except BaseException:
             cls.stack.stop()
+            if cls.token is not None:
+                cls.token.close()
             print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
             raise
 
     @classmethod
     def tearDownClass(cls):
         cls.stack.stop()
+        if cls.token is not None:
+            cls.token.close()
         logs = os.path.join(cls.run_dir, "logs")
         reports = []
         for name in sorted(os.listdir(logs)):
@@ -152,6 +185,37 @@ class KeysHttpTestCase(unittest.TestCase):
     @classmethod
     def prepare_class(cls):
         """Class-wide preparation once the stack runs."""
+
+    @classmethod
+    def post_from_setup(cls, path, body):
+        """A POST as root, from the class's preparation: the JSON of its answer, a 200."""
+        c = Connection(cls.sock)
+        try:
+            c.send(request_bytes("POST", f"{path}?api-version={V2021}", body))
+            r = c.read_response()
+        finally:
+            c.close()
+        if r.status != 200:
+            raise AssertionError(f"POST {path}: {r.status} {r.body[:300]!r}")
+        return r.json()
+
+    @staticmethod
+    def key_body(key_id, key, usages):
+        return {"keyId": key_id, "usage": ",".join(usages), "keyBytes": b64(key)}
+
+    @classmethod
+    def class_import_sign_and_encrypt(cls, key_id, key):
+        """aziot_keys_backend.import_sign_and_encrypt through POST /key, from the class's
+        preparation: (sign handle, encrypt handle), one key "sign,encrypt" on the filesystem."""
+        return aziot_keys_backend.import_sign_and_encrypt(
+            BACKEND, lambda *args: cls.post_from_setup("/key", cls.key_body(*args))["keyHandle"],
+            key_id, key)
+
+    def import_sign_and_encrypt(self, key_id, key):
+        """The same from a test, each answer checked as ok() checks it."""
+        return aziot_keys_backend.import_sign_and_encrypt(
+            BACKEND, lambda *args: self.ok("POST", "/key", self.key_body(*args))["keyHandle"],
+            key_id, key)
 
     def run(self, result=None):
         def problems(r):
@@ -247,22 +311,17 @@ class KeysHttpTestCase(unittest.TestCase):
 
     # -- keyd's state and the independent checks ---------------------------------------------
 
-    def key_path(self, key_id):
-        return os.path.join(self.keys_dir, key_file_name(key_id))
-
-    def key_file(self, key_id):
-        """The bytes of key_id's file, where spec §2.8 puts it, mode 0600."""
-        path = self.key_path(key_id)
-        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600, path)
-        with open(path, "rb") as f:
-            return f.read()
+    # (Where keys are stored: KeyStoreChecks, on keys_dir and the class's token.)
 
     def assertHandle(self, handle, key_id):
-        """handle is upstream's format (spec §2.5), signed with the handle-validation key's file,
-        for key_id (serde's KeyId: {"Key": id}, {"KeyPair": id}, {"Derived": [h, [bytes]]})."""
+        """handle is upstream's format (spec §2.5), signed with the handle-validation-key (its
+        file, spec §2.8, mode 0600; or the token's, by the token's own HMAC) for key_id (serde's
+        KeyId: {"Key": id}, {"KeyPair": id}, {"Derived": [h, [bytes]]})."""
         self.assertRegex(handle, r"^sr=[A-Za-z0-9+/]+=*&sig=[A-Za-z0-9+/]{43}=$")
         sr, sig, sr_json = handle_parts(handle)
-        self.assertEqual(sig, hmac256(self.key_file(HVK), sr))
+        if self.location_of(GENERATED) == "file":
+            self.assertKeyFile(HVK)
+        self.assertEqual(sig, self.expected_hmac(HVK, sr))
         self.assertEqual(list(sr_json), ["key_id", "nonce"])
         self.assertEqual(sr_json["key_id"], key_id)
         self.assertEqual(len(unb64(sr_json["nonce"])), 64)
@@ -272,11 +331,15 @@ class KeysHttpTestCase(unittest.TestCase):
                 "parameters": {"message": b64(message)}}
         return unb64(self.ok("POST", "/sign", body, version, via=via, conn=conn)["signature"])
 
-    def aead(self, route, handle, data, iv, aad, version=V2021, via=None):
+    @staticmethod
+    def aead_body(route, handle, data, iv, aad):
         member = "plaintext" if route == "/encrypt" else "ciphertext"
-        body = {"keyHandle": handle, "algorithm": "AEAD",
+        return {"keyHandle": handle, "algorithm": "AEAD",
                 "parameters": {"iv": b64(iv), "aad": b64(aad)}, member: b64(data)}
-        answer = self.ok("POST", route, body, version, via=via)
+
+    def aead(self, route, handle, data, iv, aad, version=V2021, via=None):
+        answer = self.ok("POST", route, self.aead_body(route, handle, data, iv, aad), version,
+                         via=via)
         self.assertEqual(list(answer), ["ciphertext" if route == "/encrypt" else "plaintext"])
         return unb64(next(iter(answer.values())))
 
@@ -357,21 +420,33 @@ class RoutesTest(KeysHttpTestCase):
         created = self.ok("POST", "/key", {"keyId": kid, "usage": "sign"}, v)
         self.assertEqual(list(created), ["keyHandle"])
         self.assertHandle(created["keyHandle"], {"Key": kid})
-        key = self.key_file(kid)
-        self.assertEqual(len(key), 32)
-        self.assertEqual(self.sign_hmac(created["keyHandle"], message, v), hmac256(key, message))
+        self.assertStored(HVK, GENERATED, usage="sign")
+        self.assertStored(kid, GENERATED, usage="sign")
+        self.assertEqual(self.secret_length(kid), 32)
+        self.assertEqual(self.sign_hmac(created["keyHandle"], message, v),
+                         self.expected_hmac(kid, message))
+        key = self.fingerprint(kid)
 
-        # Create if not exists: the key stays, the handle is new.
+        # Create if not exists: the key stays, the handle is new, whatever the usage asked for.
         again = self.ok("POST", "/key", {"keyId": kid, "usage": "derive,encrypt,sign"}, v)
         self.assertNotEqual(again["keyHandle"], created["keyHandle"])
-        self.assertEqual(self.key_file(kid), key)
+        self.assertEqual(self.fingerprint(kid), key)
+        if BACKEND.on_token:
+            # A new key cannot have both: PKCS#11 keys have one usage, sign/derive or encrypt
+            # (upstream refuses the mask with InvalidParameter), generated or imported.
+            for body in ({"keyId": f"{kid}-both", "usage": "derive,encrypt,sign"},
+                         {"keyId": f"{kid}-both", "usage": "sign,encrypt",
+                          "keyBytes": b64(os.urandom(32))}):
+                self.assertError(self.http("POST", "/key", body, v), 400, BAD_VALUE)
+            self.assertNotStored(f"{kid}-both")
 
-        # Import overwrites, at any length; a handle names the id, not the material.
+        # Import overwrites, at any length; a handle names the id, not the material. (On a
+        # token, the 7 bytes its HMAC refuses go to the file store, and the token's key goes.)
         for material in (os.urandom(32), os.urandom(7)):
             imported = self.ok("POST", "/key",
                                {"keyId": kid, "usage": "sign", "keyBytes": b64(material)}, v)
             self.assertHandle(imported["keyHandle"], {"Key": kid})
-            self.assertEqual(self.key_file(kid), material)
+            self.assertStored(kid, IMPORTED, material, usage="sign")
             for handle in (created["keyHandle"], imported["keyHandle"]):
                 self.assertEqual(self.sign_hmac(handle, message, v), hmac256(material, message))
 
@@ -380,7 +455,7 @@ class RoutesTest(KeysHttpTestCase):
         self.assertEqual(self.sign_hmac(loaded["keyHandle"], b"m", v), hmac256(material, b"m"))
 
         self.assertNoContent(self.http("DELETE", "/key", {"keyHandle": loaded["keyHandle"]}, v))
-        self.assertFalse(os.path.exists(self.key_path(kid)))
+        self.assertNotStored(kid)
         self.assertNoContent(self.http("DELETE", "/key", {"keyHandle": loaded["keyHandle"]}, v))
         self.assertError(self.http("GET", f"/key/{kid}", None, v), 400, BAD_VALUE)
         self.assertError(self.http("POST", "/sign", {
@@ -394,16 +469,14 @@ class RoutesTest(KeysHttpTestCase):
         kid = f"ec-{v}"
         handle = self.ok("POST", "/keypair", {"keyId": kid}, v)["keyHandle"]  # ec-p256:rsa-2048
         self.assertHandle(handle, {"KeyPair": kid})
-        pem = self.key_file(kid)
-        self.assertTrue(pem.startswith(b"-----BEGIN PRIVATE KEY-----\n"), pem[:40])
-        private = serialization.load_pem_private_key(pem, password=None)
-        self.assertIsInstance(private.curve, ec.SECP256R1)
+        stored = self.stored_public_key(kid)  # of the PKCS#8 PEM file, or of the token
+        self.assertIsInstance(stored.curve, ec.SECP256R1)
         public = self.ec_public_key(handle, v)
         self.assertEqual(public.public_bytes(serialization.Encoding.X962,
                                              serialization.PublicFormat.CompressedPoint),
-                         private.public_key().public_bytes(
-                             serialization.Encoding.X962,
-                             serialization.PublicFormat.CompressedPoint))
+                         stored.public_bytes(serialization.Encoding.X962,
+                                             serialization.PublicFormat.CompressedPoint))
+        pem = self.fingerprint(kid)
         self.assertEcdsaVerifies(public, handle, v)
         for name in ("rsa-modulus", "rsa-exponent", "bogus"):
             self.assertError(self.http("POST", f"/parameters/{name}", {"keyHandle": handle}, v),
@@ -412,7 +485,7 @@ class RoutesTest(KeysHttpTestCase):
         # An existing pair is returned as it is, whatever the algorithms asked for.
         again = self.ok("POST", "/keypair", {"keyId": kid, "preferredAlgorithms": "rsa-2048"},
                         v)["keyHandle"]
-        self.assertEqual(self.key_file(kid), pem)
+        self.assertEqual(self.fingerprint(kid), pem)
         loaded = self.ok("GET", f"/keypair/{kid}", None, v)["keyHandle"]
         self.assertHandle(loaded, {"KeyPair": kid})
         for h in (again, loaded):
@@ -426,7 +499,7 @@ class RoutesTest(KeysHttpTestCase):
         for algorithms in ("dsa:ec-p384", ""):
             self.assertError(self.http("POST", "/keypair", {
                 "keyId": f"{kid}-none", "preferredAlgorithms": algorithms}, v), 400, BAD_VALUE)
-        self.assertFalse(os.path.exists(self.key_path(f"{kid}-none")))
+        self.assertNotStored(f"{kid}-none")
         null = self.ok("POST", "/keypair", {"keyId": f"{kid}-null", "preferredAlgorithms": None},
                        v)["keyHandle"]
         self.assertEqual(self.parameter(null, "algorithm", v), "ECDSA")
@@ -439,9 +512,9 @@ class RoutesTest(KeysHttpTestCase):
         handle = self.ok("POST", "/keypair",
                          {"keyId": kid, "preferredAlgorithms": "rsa-2048:ec-p256"}, v)["keyHandle"]
         self.assertHandle(handle, {"KeyPair": kid})
-        private = serialization.load_pem_private_key(self.key_file(kid), password=None)
-        numbers = private.public_key().public_numbers()
-        self.assertEqual((private.key_size, numbers.e), (2048, 65537))
+        stored = self.stored_public_key(kid)
+        numbers = stored.public_numbers()
+        self.assertEqual((stored.key_size, numbers.e), (2048, 65537))
         self.assertEqual(self.parameter(handle, "algorithm", v), "RSA")
         modulus = unb64(self.parameter(handle, "rsa-modulus", v))
         exponent = unb64(self.parameter(handle, "rsa-exponent", v))
@@ -477,12 +550,14 @@ class RoutesTest(KeysHttpTestCase):
         src, dst = f"cert-{v}-temp", f"cert-{v}"
         h_src = self.ok("POST", "/keypair", {"keyId": src}, v)["keyHandle"]
         h_dst = self.ok("POST", "/keypair", {"keyId": dst}, v)["keyHandle"]
-        pem, point = self.key_file(src), self.parameter(h_src, "ec-point", v)
+        self.assertStored(src, PAIR)
+        pem, point = self.fingerprint(src), self.parameter(h_src, "ec-point", v)
         self.assertNotEqual(self.parameter(h_dst, "ec-point", v), point)
 
         self.assertNoContent(self.http("POST", f"/keypair/{dst}", {"from": src}, v))
-        self.assertFalse(os.path.exists(self.key_path(src)))
-        self.assertEqual(self.key_file(dst), pem)
+        self.assertNotStored(src)
+        self.assertStored(dst, PAIR)
+        self.assertEqual(self.fingerprint(dst), pem)  # on a token: relabelled, same CKA_IDs
         self.assertError(self.http("GET", f"/keypair/{src}", None, v), 400, BAD_VALUE)
         moved = self.ok("GET", f"/keypair/{dst}", None, v)["keyHandle"]
         # Handles name ids: the destination's old handle reaches the moved pair.
@@ -494,14 +569,14 @@ class RoutesTest(KeysHttpTestCase):
                          "source and destination for move are identical")
         self.assertError(self.http("POST", f"/keypair/{src}-elsewhere", {"from": src}, v), 400,
                          BAD_VALUE)
-        self.assertFalse(os.path.exists(self.key_path(f"{src}-elsewhere")))
+        self.assertNotStored(f"{src}-elsewhere")
         # Only key pairs move: POST /key/{id} matches the route and is refused.
         self.assertError(self.http("POST", f"/key/{src}", {"from": dst}, v), 400,
                          'invalid type "key"')
-        self.assertEqual(self.key_file(dst), pem)
+        self.assertEqual(self.fingerprint(dst), pem)
 
         self.assertNoContent(self.http("DELETE", "/keypair", {"keyHandle": h_dst}, v))
-        self.assertFalse(os.path.exists(self.key_path(dst)))
+        self.assertNotStored(dst)
         self.assertNoContent(self.http("DELETE", "/keypair", {"keyHandle": moved}, v))
         self.assertError(self.http("GET", f"/keypair/{dst}", None, v), 400, BAD_VALUE)
 
@@ -512,6 +587,8 @@ class RoutesTest(KeysHttpTestCase):
         key = os.urandom(32)
         handle = self.ok("POST", "/key", {"keyId": f"aead-{v}", "usage": "encrypt",
                                           "keyBytes": b64(key)}, v)["keyHandle"]
+        self.assertStored(f"aead-{v}", IMPORTED, key, usage="encrypt")
+        on_token = self.location_of(IMPORTED, key, "encrypt") == "token"
         for iv, aad, plaintext in ((os.urandom(12), b"aad", b"secret"),
                                    (os.urandom(16), b"", b""),
                                    (os.urandom(12), os.urandom(100), os.urandom(10000))):
@@ -519,8 +596,16 @@ class RoutesTest(KeysHttpTestCase):
             self.assertEqual(self.aead("/encrypt", handle, plaintext, iv, aad, v),
                              b"\x02" + sealed)
             # v2 (0x02, ciphertext, tag) and the legacy v1 (0x01, tag, ciphertext), made here.
-            for made in (b"\x02" + sealed, b"\x01" + sealed[-16:] + sealed[:-16]):
-                self.assertEqual(self.aead("/decrypt", handle, made, iv, aad, v), plaintext)
+            v2, v1 = b"\x02" + sealed, b"\x01" + sealed[-16:] + sealed[:-16]
+            self.assertEqual(self.aead("/decrypt", handle, v2, iv, aad, v), plaintext)
+            if on_token:
+                # v1 ciphertexts (IoT Edge 1.1) were only ever made with filesystem keys: a token
+                # key refuses them, as upstream's does.
+                self.assertError(self.http("POST", "/decrypt",
+                                           self.aead_body("/decrypt", handle, v1, iv, aad), v),
+                                 400, BAD_VALUE)
+            else:
+                self.assertEqual(self.aead("/decrypt", handle, v1, iv, aad, v), plaintext)
 
     def test_derived_keys(self):
         self.each_version(self.check_derived_keys)
@@ -529,6 +614,8 @@ class RoutesTest(KeysHttpTestCase):
         base = os.urandom(32)
         h_base = self.ok("POST", "/key", {"keyId": f"master-{v}", "usage": "derive",
                                           "keyBytes": b64(base)}, v)["keyHandle"]
+        self.assertStored(f"master-{v}", IMPORTED, base, usage="derive")
+        stored = self.listing()
         for data in (b"module-1:gen-7:primary", b""):
             derived = hmac256(base, data)
             handle = self.ok("POST", "/derivedkey",
@@ -548,9 +635,7 @@ class RoutesTest(KeysHttpTestCase):
                                        {"baseKeyHandle": handle, "derivationData": ""}, v),
                              400, NESTED)
         # Nothing is stored for a derived key.
-        prefix = key_file_name(f"master-{v}").split("-")[0] + "-"
-        self.assertEqual([f for f in os.listdir(self.keys_dir) if f.startswith(prefix)],
-                         [key_file_name(f"master-{v}")])
+        self.assertEqual(self.listing(), stored)
 
     def test_curl_as_a_user_would(self):
         created = self.curl("POST", "/key", {"keyId": "curl-key", "usage": "sign"})
@@ -559,12 +644,13 @@ class RoutesTest(KeysHttpTestCase):
         handle = created.json()["keyHandle"]
         signed = self.curl("POST", "/sign", {"keyHandle": handle, "algorithm": "HMAC-SHA256",
                                              "parameters": {"message": b64(b"hello")}})
+        self.assertStored("curl-key", GENERATED, usage="sign")
         self.assertEqual(signed.json(),
-                         {"signature": b64(hmac256(self.key_file("curl-key"), b"hello"))})
+                         {"signature": b64(self.expected_hmac("curl-key", b"hello"))})
         # curl -d sends application/x-www-form-urlencoded: upstream then sees no body.
         self.assertError(self.curl("POST", "/key", {"keyId": "curl-form", "usage": "sign"},
                                    json_type=False), 400, "missing request body")
-        self.assertFalse(os.path.exists(self.key_path("curl-form")))
+        self.assertNotStored("curl-form")
         self.assertNoContent(self.curl("DELETE", "/key", {"keyHandle": handle}))
 
     def test_every_route_answers_as_its_document_says(self):
@@ -577,8 +663,11 @@ class RoutesTest(KeysHttpTestCase):
         self.ok("POST", "/keypair", {"keyId": "doc-pair-temp"})
         derived = self.ok("POST", "/derivedkey",
                           {"baseKeyHandle": key, "derivationData": "ZA=="})["keyHandle"]
+        # PKCS#11 keys have one usage: on a token, AEAD takes a key made to encrypt.
+        enc = key if not BACKEND.on_token else \
+            self.ok("POST", "/key", {"keyId": "doc-key-enc", "usage": "encrypt"})["keyHandle"]
         aead = {"iv": b64(bytes(12)), "aad": ""}
-        sealed = b64(self.aead("/encrypt", key, b"x", bytes(12), b""))
+        sealed = b64(self.aead("/encrypt", enc, b"x", bytes(12), b""))
         cases = [  # method, path, a good body (or None), a bad body, the status of the bad one
             ("POST", "/key", {"keyId": "doc-key", "usage": "sign"}, {}, 422),
             ("DELETE", "/key", {"keyHandle": doomed_key}, {"keyHandle": pair}, 400),
@@ -592,11 +681,11 @@ class RoutesTest(KeysHttpTestCase):
             ("POST", "/sign", {"keyHandle": key, "algorithm": "HMAC-SHA256",
                                "parameters": {"message": ""}},
              {"keyHandle": key, "algorithm": "ECDSA", "parameters": {"digest": ""}}, 400),
-            ("POST", "/encrypt", {"keyHandle": key, "algorithm": "AEAD", "parameters": aead,
+            ("POST", "/encrypt", {"keyHandle": enc, "algorithm": "AEAD", "parameters": aead,
                                   "plaintext": ""}, {"keyHandle": "x"}, 422),
-            ("POST", "/decrypt", {"keyHandle": key, "algorithm": "AEAD", "parameters": aead,
+            ("POST", "/decrypt", {"keyHandle": enc, "algorithm": "AEAD", "parameters": aead,
                                   "ciphertext": sealed},
-             {"keyHandle": key, "algorithm": "AEAD", "parameters": aead,
+             {"keyHandle": enc, "algorithm": "AEAD", "parameters": aead,
               "ciphertext": b64(b"\x02" + bytes(16))}, 500),
             ("POST", "/derivedkey", {"baseKeyHandle": key, "derivationData": ""},
              {"baseKeyHandle": derived, "derivationData": ""}, 400),
@@ -665,34 +754,34 @@ class BadInputTest(KeysHttpTestCase):
     @classmethod
     def prepare_class(cls):
         def ok(path, body):
-            c = Connection(cls.sock)
-            try:
-                c.send(request_bytes("POST", f"{path}?api-version={V2021}", body))
-                r = c.read_response()
-            finally:
-                c.close()
-            assert r.status == 200, r
-            return r.json()["keyHandle"]
+            return cls.post_from_setup(path, body)["keyHandle"]
         cls.sym_key = os.urandom(32)
-        cls.sym = ok("/key", {"keyId": "sym", "usage": "sign,encrypt",
-                              "keyBytes": b64(cls.sym_key)})
+        # One key "sign,encrypt" on the filesystem; on a token "sym" signs, "sym-enc" encrypts.
+        cls.sym, cls.sym_enc = cls.class_import_sign_and_encrypt("sym", cls.sym_key)
         cls.ec = ok("/keypair", {"keyId": "ec"})
         cls.rsa = ok("/keypair", {"keyId": "rsa", "preferredAlgorithms": "rsa-2048"})
         cls.derived = ok("/derivedkey", {"baseKeyHandle": cls.sym, "derivationData": "ZA=="})
 
     def setUp(self):
         self.keyd_at_start = self.keyd_pid()
-        self.outside_home = tree_listing(self.run_dir, exclude=[self.home])
-        self.home_files = set(os.listdir(self.keys_dir))
+        self.outside_home = tree_listing(self.run_dir, exclude=self.keyd_state_dirs)
+        self.stored_at_start = self.listing()
 
     def tearDown(self):
-        # Still serving, the same keyd, and keyd wrote nowhere but its home.
+        # Still serving, the same keyd, and keyd wrote nowhere but its home (and its token).
         self.assertTrue(self.gateway.alive(), "the gateway died")
         self.assertEqual(self.keyd_pid(), self.keyd_at_start, "keyd was replaced")
         self.assertEqual(self.sign_hmac(self.sym, b"m"), hmac256(self.sym_key, b"m"))
-        self.assertEqual(tree_listing(self.run_dir, exclude=[self.home]), self.outside_home)
-        self.assertEqual(os.listdir(self.home), ["keys"])
-        self.assertEqual(self.key_file("sym"), self.sym_key)
+        self.assertEqual(tree_listing(self.run_dir, exclude=self.keyd_state_dirs),
+                         self.outside_home)
+        if BACKEND.on_token:
+            # keys/ exists once something went to the file store.
+            self.assertLessEqual(set(os.listdir(self.home)), {"keys"})
+        else:
+            self.assertEqual(os.listdir(self.home), ["keys"])
+        self.assertStored("sym", IMPORTED, self.sym_key, usage="sign")
+        if self.sym_enc != self.sym:
+            self.assertStored("sym-enc", IMPORTED, self.sym_key, usage="encrypt")
         self.assertFalse([p for p in os.listdir("/tmp") if p.startswith("aziot-escape")])
 
     def test_api_version_missing_or_unknown(self):
@@ -741,7 +830,7 @@ class BadInputTest(KeysHttpTestCase):
             for body, message in cases:
                 with self.subTest(path=path, body=body):
                     self.assertError(self.http(method, path, body), 422, message)
-        self.assertEqual(set(os.listdir(self.keys_dir)), self.home_files)
+        self.assertEqual(self.listing(), self.stored_at_start)
 
     def test_missing_and_mistyped_fields(self):
         cases = {
@@ -801,7 +890,7 @@ class BadInputTest(KeysHttpTestCase):
         body = b'{"keyId":"imported","keyBytes":"' + b64(bytes(32)).encode() + b'"}'
         self.assertError(self.http("POST", "/key", body), 422,
                          f"missing field `usage` at line 1 column {len(body)}")
-        self.assertFalse(os.path.exists(self.key_path("imported")))
+        self.assertNotStored("imported")
         # Bodies that are no body, where one is needed.
         for method, path in self.ROUTES:
             if method != "GET":
@@ -836,16 +925,22 @@ class BadInputTest(KeysHttpTestCase):
                 with self.subTest(path=path, text=text):
                     self.assertError(self.http(method, path, body), 422,
                                      at(body, None if flattened else quoted, error)[1])
-        self.assertFalse(os.path.exists(self.key_path("b64")))
+        self.assertNotStored("b64")
 
     def test_unknown_key_ids(self):
         for method, path, body in [("GET", "/key/nope", None), ("GET", "/keypair/nope", None),
                                    ("POST", "/keypair/somewhere", {"from": "nope"})]:
             with self.subTest(path=path, body=body):
                 self.assertError(self.http(method, path, body), 400, BAD_VALUE)
-        self.assertFalse(os.path.exists(self.key_path("somewhere")))
-        # A key file that holds no key pair is the store failing, as upstream's PEM parser does.
-        self.assertError(self.http("GET", "/keypair/sym"), 500, INTERNAL)
+        self.assertNotStored("somewhere")
+        if self.location_of(IMPORTED, self.sym_key) == "file":
+            # A key file that holds no key pair is the store failing, as upstream's PEM parser
+            # does.
+            self.assertError(self.http("GET", "/keypair/sym"), 500, INTERNAL)
+        else:
+            # On a token a secret key is no key pair, and no file holds one: there is no key
+            # pair sym, as upstream finds none in any location.
+            self.assertError(self.http("GET", "/keypair/sym"), 400, BAD_VALUE)
 
     def handle_requests(self, handle):
         """Every route that takes a handle, with otherwise valid bodies."""
@@ -933,12 +1028,14 @@ class BadInputTest(KeysHttpTestCase):
             with self.subTest(path=path, handle=body.get("keyHandle", "")[:20]):
                 self.assertError(self.http(method, path, body), status, message)
         # Nothing was deleted on the way.
-        self.assertEqual(set(os.listdir(self.keys_dir)), self.home_files)
+        self.assertEqual(self.listing(), self.stored_at_start)
         self.assertEqual(self.parameter(self.ec, "algorithm"), "ECDSA")
 
     def test_aead_failures(self):
         iv, aad = os.urandom(12), b"aad"
-        good = self.aead("/encrypt", self.sym, b"plaintext", iv, aad)
+        sym = self.sym_enc
+        on_token = self.location_of(IMPORTED, self.sym_key, "encrypt") == "token"
+        good = self.aead("/encrypt", sym, b"plaintext", iv, aad)
 
         def flip(data, index):
             out = bytearray(data)
@@ -950,8 +1047,12 @@ class BadInputTest(KeysHttpTestCase):
                                             ("iv", good, os.urandom(12), aad),
                                             ("v1 reading of v2", b"\x01" + good[1:], iv, aad)]:
             with self.subTest(what=what):
-                body = {"keyHandle": self.sym, "algorithm": "AEAD", "ciphertext": b64(ct),
+                body = {"keyHandle": sym, "algorithm": "AEAD", "ciphertext": b64(ct),
                         "parameters": {"iv": b64(iv_used), "aad": b64(aad_used)}}
+                if what.startswith("v1") and on_token:
+                    # Token keys read v2 only (upstream): a v1 ciphertext is a bad value there.
+                    self.assertError(self.http("POST", "/decrypt", body), 400, BAD_VALUE)
+                    continue
                 self.assertError(self.http("POST", "/decrypt", body), 500, INTERNAL)
         # Only "internal error" reaches the client; the cause is logged.
         self.assertIn("!!! internal error\n", self.gateway_log())
@@ -960,13 +1061,13 @@ class BadInputTest(KeysHttpTestCase):
         for what, ct in [("empty", b""), ("16 bytes", b"\x02" + bytes(15)),
                          ("version 3", b"\x03" + good[1:])]:
             with self.subTest(what=what):
-                body = {"keyHandle": self.sym, "algorithm": "AEAD", "ciphertext": b64(ct),
+                body = {"keyHandle": sym, "algorithm": "AEAD", "ciphertext": b64(ct),
                         "parameters": {"iv": b64(iv), "aad": b64(aad)}}
                 self.assertError(self.http("POST", "/decrypt", body), 400, BAD_VALUE)
-        self.assertEqual(self.aead("/decrypt", self.sym, good, iv, aad), b"plaintext")
+        self.assertEqual(self.aead("/decrypt", sym, good, iv, aad), b"plaintext")
 
     def test_path_tricks(self):
-        expected = set(self.home_files)
+        added = {}
         for key_id, encoded in [("a/b", "a%2Fb"), ("..", ".."), ("..", "%2E%2E"),
                                 ("../../aziot-escape", "..%2F..%2Faziot-escape"),
                                 ("/tmp/aziot-escape", "%2Ftmp%2Faziot-escape"), ("/", "%2F"),
@@ -975,20 +1076,23 @@ class BadInputTest(KeysHttpTestCase):
             with self.subTest(key_id=key_id[:20]):
                 key = os.urandom(32)
                 self.ok("POST", "/key", {"keyId": key_id, "usage": "sign", "keyBytes": b64(key)})
-                self.assertEqual(self.key_file(key_id), key)
+                self.assertStored(key_id, IMPORTED, key, usage="sign")
                 handle = self.ok("GET", f"/key/{encoded}")["keyHandle"]
                 self.assertHandle(handle, {"Key": key_id})
                 self.assertEqual(self.sign_hmac(handle, b"m"), hmac256(key, b"m"))
-                expected.add(key_file_name(key_id))
+                added[key_id] = IMPORTED
                 if len(key_id) > 4000:
                     continue  # keyd takes ids of 4096 bytes at most
                 # Key pairs by such ids, moved onto one, loaded, deleted.
                 pair_id, source_id = "pair" + key_id, "pair" + key_id + "-temp"
                 self.ok("POST", "/keypair", {"keyId": source_id})
-                pem = self.key_file(source_id)
+                self.assertStored(source_id, PAIR)
+                pem = self.fingerprint(source_id)
                 self.assertNoContent(self.http("POST", f"/keypair/pair{encoded}",
                                                {"from": source_id}))
-                self.assertEqual(self.key_file(pair_id), pem)
+                self.assertNotStored(source_id)
+                self.assertStored(pair_id, PAIR)
+                self.assertEqual(self.fingerprint(pair_id), pem)
                 pair = self.ok("GET", f"/keypair/pair{encoded}")["keyHandle"]
                 self.assertHandle(pair, {"KeyPair": pair_id})
                 self.assertNoContent(self.http("DELETE", "/keypair", {"keyHandle": pair}))
@@ -997,12 +1101,26 @@ class BadInputTest(KeysHttpTestCase):
         for path in ("/key/a/b", "/keypair/a/b", "/key/%2F/"):
             self.assertError(self.http("GET", path), 404, "not found")
         # An id whose file name would be too long for the file system.
-        for method, path, body in [("POST", "/key", {"keyId": "a" * 4096, "usage": "sign"}),
-                                   ("POST", "/keypair", {"keyId": "a" * 4096}),
-                                   ("GET", "/key/" + "a" * 4096, None),
-                                   ("GET", "/keypair/" + "a" * 4096, None)]:
-            with self.subTest(path=path[:20], length=4096):
-                self.assertError(self.http(method, path, body), 400, BAD_VALUE)
+        long_id = "a" * 4096
+        if BACKEND.on_token:
+            # A token's label has no such limit: there it is an id like any other.
+            for kind, route, body, key_id in [
+                    (GENERATED, "key", {"keyId": long_id, "usage": "sign"}, {"Key": long_id}),
+                    (PAIR, "keypair", {"keyId": long_id}, {"KeyPair": long_id})]:
+                with self.subTest(route=route, length=4096):
+                    created = self.ok("POST", f"/{route}", body)["keyHandle"]
+                    self.assertStored(long_id, kind)
+                    self.assertHandle(self.ok("GET", f"/{route}/{long_id}")["keyHandle"], key_id)
+                    self.assertNoContent(self.http("DELETE", f"/{route}",
+                                                   {"keyHandle": created}))
+                    self.assertNotStored(long_id)
+        else:
+            for method, path, body in [("POST", "/key", {"keyId": long_id, "usage": "sign"}),
+                                       ("POST", "/keypair", {"keyId": long_id}),
+                                       ("GET", "/key/" + long_id, None),
+                                       ("GET", "/keypair/" + long_id, None)]:
+                with self.subTest(path=path[:20], length=4096):
+                    self.assertError(self.http(method, path, body), 400, BAD_VALUE)
         # U+0000, percent-encoded in the path or escaped in JSON: upstream's C-string check.
         for method, path, body, message in [
                 ("GET", "/key/a%00b", None, nul_in("id", 1)),
@@ -1019,7 +1137,7 @@ class BadInputTest(KeysHttpTestCase):
                 self.assertError(self.http(method, path, body), 400, message)
         self.assertIn("!!! caused by: nul byte found in provided data at position: 1",
                       self.gateway_log())
-        self.assertEqual(set(os.listdir(self.keys_dir)), expected)
+        self.assertStoredIds(added, self.stored_at_start)
 
     def test_oversized_bodies(self):
         for path in ("/key", "/sign"):
@@ -1034,14 +1152,14 @@ class BadInputTest(KeysHttpTestCase):
             self.assertError(r, 413, TOO_LARGE)
             self.assertEqual(r.header("connection"), b"close")
             self.assertTrue(c.is_closed())
-        self.assertFalse(os.path.exists(self.key_path("huge")))
+        self.assertNotStored("huge")
         # Just under the limit, a real request goes through to keyd and back.
         message = os.urandom(700 * 1024)
         self.assertEqual(self.sign_hmac(self.sym, message), hmac256(self.sym_key, message))
         key = os.urandom(600 * 1024)
         handle = self.ok("POST", "/key", {"keyId": "big", "usage": "sign",
                                           "keyBytes": b64(key)})["keyHandle"]
-        self.assertEqual(self.key_file("big"), key)
+        self.assertStored("big", IMPORTED, key, usage="sign")
         self.assertNoContent(self.http("DELETE", "/key", {"keyHandle": handle}))
 
 
@@ -1054,8 +1172,8 @@ class AuthorizationTest(KeysHttpTestCase):
 
     def setUp(self):
         self.key = os.urandom(32)
-        self.sym = self.ok("POST", "/key", {"keyId": "app-sym", "usage": "sign,encrypt",
-                                            "keyBytes": b64(self.key)})["keyHandle"]
+        # One key "sign,encrypt" on the filesystem; on a token "app-sym" and "app-sym-enc".
+        self.sym, self.sym_enc = self.import_sign_and_encrypt("app-sym", self.key)
         self.pair = self.ok("POST", "/keypair", {"keyId": "app-pair"})["keyHandle"]
         self.ok("POST", "/key", {"keyId": "other", "usage": "sign"})
         self.a = self.agent_as(USER_A)
@@ -1090,9 +1208,9 @@ class AuthorizationTest(KeysHttpTestCase):
                 self.id_requests("app-new", source="app-new-temp"):
             with self.subTest(method=method, path=path, body=body):
                 self.assertDenied(self.a, self.uid_a, refused, method, path, body)
-        self.assertFalse(os.path.exists(self.key_path("app-new")))
-        self.assertFalse(os.path.exists(self.key_path("app-moved")))
-        self.assertEqual(self.key_file("app-sym"), self.key)
+        self.assertNotStored("app-new")
+        self.assertNotStored("app-moved")
+        self.assertStored("app-sym", IMPORTED, self.key, usage="sign")
         # As a user types it; logged as upstream logs it.
         r = self.curl("GET", "/key/app-sym", user=USER_A)
         self.assertError(r, 401, not_authorized(self.uid_a, "app-sym"))
@@ -1111,8 +1229,9 @@ class AuthorizationTest(KeysHttpTestCase):
         # (Ids the other tests do not use: the class's keyd is shared.)
         created = self.ok("POST", "/key", {"keyId": "app-created", "usage": "sign"},
                           via=self.a)["keyHandle"]
+        self.assertStored("app-created", GENERATED, usage="sign")
         self.assertEqual(self.sign_hmac(created, b"m", via=self.a),
-                         hmac256(self.key_file("app-created"), b"m"))
+                         self.expected_hmac("app-created", b"m"))
         self.assertNoContent(self.http("POST", "/keypair/app-renamed", {"from": "app-pair"},
                                        via=self.a))
         for key_id in ("App-sym", "xapp-sym", "others", "ther", HVK):
@@ -1143,12 +1262,12 @@ class AuthorizationTest(KeysHttpTestCase):
         self.assertDenied(self.a, self.uid_a, "other", "GET", "/key/other", None)
         self.assertDenied(self.a, self.uid_a, "app-sym", "POST", "/key",
                           {"keyId": "app-sym", "usage": "sign", "keyBytes": b64(bytes(32))})
-        self.assertEqual(self.key_file("app-sym"), self.key)
+        self.assertStored("app-sym", IMPORTED, self.key, usage="sign")
         self.assertDenied(self.agent_as(USER_B), self.uid_b, "app-sym", "GET", "/key/app-sym",
                           None)
 
     def test_star_principal_cannot_reach_the_handle_validation_key(self):
-        hvk = self.key_file(HVK)
+        hvk = self.fingerprint(HVK)
         self.write_principals("50-star", [(self.uid_a, ["*"])])
         poll(lambda: self.http("GET", "/key/other", via=self.a).status == 200,
              "keyd to load the principal")
@@ -1157,7 +1276,8 @@ class AuthorizationTest(KeysHttpTestCase):
             for method, path, body, _ in self.id_requests(HVK):
                 with self.subTest(uid=uid, method=method, path=path):
                     self.assertDenied(via, uid, HVK, method, path, body)
-        self.assertEqual(self.key_file(HVK), hvk)
+        self.assertEqual(self.fingerprint(HVK), hvk)
+        self.assertStored(HVK, GENERATED, usage="sign")
         self.assertEqual(self.sign_hmac(self.sym, b"m"), hmac256(self.key, b"m"))
 
     def test_handles_work_for_the_user(self):
@@ -1165,9 +1285,9 @@ class AuthorizationTest(KeysHttpTestCase):
         self.assertDenied(self.a, self.uid_a, "app-sym", "GET", "/key/app-sym", None)
         self.assertEqual(self.sign_hmac(self.sym, b"m", via=self.a), hmac256(self.key, b"m"))
         iv = os.urandom(12)
-        sealed = self.aead("/encrypt", self.sym, b"p", iv, b"", via=self.a)
+        sealed = self.aead("/encrypt", self.sym_enc, b"p", iv, b"", via=self.a)
         self.assertEqual(sealed, b"\x02" + AESGCM(self.key).encrypt(iv, b"p", b""))
-        self.assertEqual(self.aead("/decrypt", self.sym, sealed, iv, b"", via=self.a), b"p")
+        self.assertEqual(self.aead("/decrypt", self.sym_enc, sealed, iv, b"", via=self.a), b"p")
         derived = self.ok("POST", "/derivedkey", {"baseKeyHandle": self.sym,
                                                   "derivationData": b64(b"d")},
                           via=self.a)["keyHandle"]
@@ -1181,7 +1301,7 @@ class AuthorizationTest(KeysHttpTestCase):
         self.assertEqual(signed.json(), {"signature": b64(hmac256(self.key, b"curl"))})
         self.assertNoContent(self.http("DELETE", "/keypair", {"keyHandle": self.pair},
                                        via=self.a))
-        self.assertFalse(os.path.exists(self.key_path("app-pair")))
+        self.assertNotStored("app-pair")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1246,11 +1366,8 @@ class ConnectionTest(KeysHttpTestCase):
     @classmethod
     def prepare_class(cls):
         cls.key = os.urandom(32)
-        c = Connection(cls.sock)
-        c.send(request_bytes("POST", f"/key?api-version={V2021}",
-                             {"keyId": "ka", "usage": "sign,encrypt", "keyBytes": b64(cls.key)}))
-        cls.handle = c.read_response().json()["keyHandle"]
-        c.close()
+        # One key "sign,encrypt" on the filesystem (two on a token): the tests sign with it.
+        cls.handle, _ = cls.class_import_sign_and_encrypt("ka", cls.key)
 
     def test_many_requests_on_one_connection(self):
         conn = self.connect()
@@ -1425,4 +1542,5 @@ class NoPrivateConnectionTest(MonitoredTestCase):
 
 
 if __name__ == "__main__":
+    sys.stderr.write(f"key store backend: {BACKEND}\n")
     unittest.main(verbosity=2)
