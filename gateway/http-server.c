@@ -817,6 +817,22 @@ int http_server_add_listener(HttpServer *s, int fd, const char *name, const char
         return sd_event_add_io(s->event, &l->source, fd, EPOLLIN, on_accept, l);
 }
 
+/* The socket is bound under a temporary name in the same directory, made listening, and only
+ * then renamed to path: whoever sees path can connect (a client that waits for the file, as tests
+ * and units do, is never refused). Without room for the temporary name it is bound at path. */
+static void temporary_socket_name(const char *path, char *buf, size_t size)
+{
+        static unsigned counter;
+        const char *slash = strrchr(path, '/');
+        size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
+        int n;
+
+        n = snprintf(buf, size, "%.*s.listen-%d-%u", (int)dir_len, path, (int)getpid(),
+                     counter++);
+        if (n < 0 || (size_t)n >= size)
+                snprintf(buf, size, "%s", path);
+}
+
 int http_listen_unix(const char *path, int *ret_fd)
 {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -825,7 +841,7 @@ int http_listen_unix(const char *path, int *ret_fd)
 
         if (strlen(path) >= sizeof(sa.sun_path))
                 return -ENAMETOOLONG;
-        strcpy(sa.sun_path, path);
+        temporary_socket_name(path, sa.sun_path, sizeof(sa.sun_path));
 
         if (lstat(path, &st) >= 0) {
                 if (S_ISDIR(st.st_mode))
@@ -839,10 +855,15 @@ int http_listen_unix(const char *path, int *ret_fd)
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return negative_errno();
+        (void)unlink(sa.sun_path); /* a leftover of a crashed gateway with the same pid */
         if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
                 return negative_errno();
-        if (chmod(path, 0660) < 0 || listen(fd, SOMAXCONN) < 0)
-                return negative_errno();
+        if (chmod(sa.sun_path, 0660) < 0 || listen(fd, SOMAXCONN) < 0 ||
+            (!streq(sa.sun_path, path) && rename(sa.sun_path, path) < 0)) {
+                int r = negative_errno();
+                (void)unlink(sa.sun_path);
+                return r;
+        }
         *ret_fd = TAKE_FD(fd);
         return 0;
 }

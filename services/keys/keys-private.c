@@ -9,6 +9,7 @@ struct PrivateConnection {
         Manager *manager;
         sd_bus *bus;
         sd_bus_slot *object_slot, *disconnect_slot;
+        sd_event_source *drain; /* until the first call after authentication: see on_drain() */
         PeerCred opener;
         PrivateConnection *prev, *next;
 };
@@ -26,6 +27,7 @@ static void private_connection_free(PrivateConnection *c)
         if (c->manager && c->manager->n_private_connections > 0)
                 c->manager->n_private_connections--;
 
+        sd_event_source_disable_unref(c->drain);
         sd_bus_slot_unref(c->object_slot);
         sd_bus_slot_unref(c->disconnect_slot);
         sd_bus_flush_close_unref(c->bus);
@@ -67,6 +69,35 @@ static int opener_credentials(sd_bus_message *request, PeerCred *ret)
         return process_start_time(pid, &ret->start_time);
 }
 
+static bool private_connection_alive(Manager *m, sd_bus *bus)
+{
+        for (PrivateConnection *c = m->private_connections; c; c = c->next)
+                if (c->bus == bus)
+                        return true;
+        return false;
+}
+
+/* sd-bus leaves a message that arrived in the same read as the end of the authentication ("BEGIN")
+ * in its buffer, and does not look at it until more bytes arrive: a client that sends its first
+ * call right behind BEGIN would wait forever. So, after each turn of the event loop and until the
+ * connection runs and has been processed once, the bus is processed until it has nothing left. */
+static int on_drain(sd_event_source *s, void *userdata)
+{
+        PrivateConnection *c = userdata;
+        Manager *m = c->manager;
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = sd_bus_ref(c->bus);
+        bool ready = sd_bus_is_ready(bus) > 0;
+        int r;
+
+        do
+                r = sd_bus_process(bus, NULL);
+        while (r > 0 && private_connection_alive(m, bus));
+        /* Processing may have closed the connection, and freed c with it. */
+        if (ready && private_connection_alive(m, bus))
+                (void)sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        return 0;
+}
+
 /* Sets up the server end: anonymous authentication (the socket pair carries keyd's own
  * credentials, so the peer's cannot be checked there; the opener was checked on the bus instead),
  * fd passing for "client-socket", and the Keys1 object. */
@@ -96,6 +127,9 @@ static int serve(Manager *m, PrivateConnection *c, int *fd)
         if (r < 0)
                 return r;
         r = sd_bus_attach_event(c->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return r;
+        r = sd_event_add_post(m->event, &c->drain, on_drain, c);
         if (r < 0)
                 return r;
         r = sd_bus_match_signal(c->bus, &c->disconnect_slot, NULL, "/org/freedesktop/DBus/Local",

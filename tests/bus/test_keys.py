@@ -2091,6 +2091,32 @@ class PrivateConnectionTest(KeydTestCase):
         self.addCleanup(connection.close)
         return connection
 
+    def test_first_call_sent_with_the_end_of_authentication_is_answered(self):
+        """A client may send its first message in the same write as BEGIN (sd-bus and GDBus
+        clients do so under load): keyd must answer it without waiting for more bytes."""
+        from gi.repository import Gio, GLib
+        self.start_keyd(self.state)
+        handle_fd = self.stack.bus().call_blocking(
+            KEYS_NAME, KEYS_PATH, KEYS_NAME, "OpenPrivateConnection", "a{sv}", (OPTS,))
+        sock = socket.socket(fileno=handle_fd.take())
+        self.addCleanup(sock.close)
+        sock.settimeout(CALL_TIMEOUT)
+        sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        answer = b""
+        while not answer.endswith(b"\r\n"):
+            answer += sock.recv(256)
+        self.assertTrue(answer.startswith(b"OK "), answer)
+        ping = Gio.DBusMessage.new_method_call(None, KEYS_PATH, "org.freedesktop.DBus.Peer",
+                                               "Ping")
+        ping.set_serial(1)
+        sock.sendall(b"BEGIN\r\n" + ping.to_blob(Gio.DBusCapabilityFlags.NONE))
+        data = sock.recv(4096)  # times out (CALL_TIMEOUT) if keyd sits on the call
+        self.assertGreater(len(data), 16)
+        reply = Gio.DBusMessage.new_from_blob(data, Gio.DBusCapabilityFlags.NONE)
+        self.assertEqual(reply.get_message_type(), Gio.DBusMessageType.METHOD_RETURN)
+        self.assertEqual(reply.get_reply_serial(), 1)
+        del GLib
+
     def test_calls_on_a_private_connection(self):
         self.start_keyd(self.state)
         private = self.open_private()
