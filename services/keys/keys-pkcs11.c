@@ -1003,7 +1003,7 @@ int keys_pkcs11_secret_create(const Pkcs11Uri *slot, const char *label, AZIOT_KE
         return with_session(slot, do_secret_create, &c);
 }
 
-/* Whether the token can HMAC with key (SoftHSM2 takes keys of 32 to 512 bytes only). */
+/* Whether the token can HMAC with key (SoftHSM2 refuses HMAC keys shorter than 32 bytes). */
 static bool hmac_works(Session *s, CK_OBJECT_HANDLE key)
 {
         CK_MECHANISM mech = { CKM_SHA256_HMAC, NULL, 0 };
