@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "atomic-file.h"
+#include "file-uri.h"
 #include "keys-crypto.h"
 #include "keys-fs.h"
 #include "base64.h"
@@ -536,46 +537,6 @@ static int entry_unlink(KeyEntry *e)
 
 
 /* file:///abs/path or file://localhost/abs/path, percent-decoded. */
-static int file_uri_to_path(const char *uri, char **ret)
-{
-        const char *s = startswith(uri, "file://");
-        char *path, *o;
-
-        if (!s)
-                return -EINVAL;
-        if (startswith(s, "localhost/"))
-                s += STRLEN("localhost");
-        if (s[0] != '/' || strpbrk(s, "?#"))
-                return -EINVAL;
-
-        path = malloc(strlen(s) + 1);
-        if (!path)
-                return -ENOMEM;
-        for (o = path; *s; s++) {
-                int hi, lo;
-
-                if (*s != '%') {
-                        *o++ = *s;
-                        continue;
-                }
-                hi = unhexchar(s[1]);
-                lo = hi < 0 ? -1 : unhexchar(s[2]);
-                if (lo < 0 || (hi == 0 && lo == 0)) {
-                        free(path);
-                        return -EINVAL;
-                }
-                *o++ = (char)(hi << 4 | lo);
-                s += 2;
-        }
-        *o = 0;
-        if (o[-1] == '/') {
-                free(path);
-                return -EINVAL;
-        }
-        *ret = path;
-        return 0;
-}
-
 static int set_preloaded_key(const char *id, const char *value)
 {
         _cleanup_free_ char *path = NULL;
@@ -590,7 +551,7 @@ static int set_preloaded_key(const char *id, const char *value)
         r = file_uri_to_path(value, &path);
         if (r < 0) {
                 log_error("Preloaded key %s: location is not a file:///absolute/path URI.", ID(id));
-                return r;
+                return r == -ENOMEM ? r : -EINVAL;
         }
 
         for (p = store.preloaded; p; p = p->next)
