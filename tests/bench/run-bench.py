@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,12 +96,10 @@ def measure(args):
     stack = aziot_harness.Stack(run_dir, args.source_dir, build)
     token = aziot_tokens.SoftHsmToken(os.path.join(run_dir, "softhsm"), label="bench")
     with stack, token:
-        # The HMAC key and the filesystem key pair live in the file store; one key pair is
-        # preloaded on the token, so that only its requests involve PKCS#11.
-        services = aziot_stack.KeysServices(
-            stack, keyd_args=["--idle-timeout=0"], keyd_env=token.env,
-            extra_config=f'pkcs11_lib_path = "{token.module}"\n\n[preloaded_keys]\n'
-                         f'bench-hsm = "{token.uri(object="bench-hsm")}"')
+        # keyd starts with the file store alone: the HMAC, D-Bus and memory figures are those of
+        # the default configuration. The PKCS#11 part comes last (see below).
+        services = aziot_stack.KeysServices(stack, keyd_args=["--idle-timeout=0"],
+                                            keyd_env=token.env)
         services.start(max_requests=64)
         env = stack.child_env()
         sock = services.keyd_socket
@@ -157,8 +156,18 @@ def measure(args):
         results["after"] = {"keyd": memory_kib(kpid), "gateway": memory_kib(gpid)}
         results["threads"] = {"keyd": threads(kpid), "gateway": threads(gpid)}
 
-        # Last, so that the memory figures above are those of keyd without a PKCS#11 module:
-        # ECDSA with a key pair in the file store and one on the softhsm2 token.
+        # Last: keyd again with a PKCS#11 module and one key pair preloaded on the softhsm2
+        # token (so that only that key's requests involve PKCS#11), for ECDSA with a key pair in
+        # the file store and one on the token.
+        with open(os.path.join(services.config_d, "pkcs11.toml"), "w") as f:
+            f.write(f'[aziot_keys]\npkcs11_lib_path = "{token.module}"\n\n[preloaded_keys]\n'
+                    f'bench-hsm = "{token.uri(object="bench-hsm")}"\n')
+        os.kill(kpid, signal.SIGTERM)
+        aziot_harness._wait_until(lambda: not os.path.exists(f"/proc/{kpid}/status") or
+                                  "zombie" in open(f"/proc/{kpid}/status").read(), 10,
+                                  "keyd to exit")
+        http(sock, "GET", "/keypair/absent?api-version=2021-05-01")  # activates keyd again
+        kpid = keyd_pid(stack)
         ecdsa_bodies = {}
         digest = base64.b64encode(hashlib.sha256(b"bench").digest()).decode()
         for where, key_id in (("file", "bench-fs-ec"), ("softhsm2", "bench-hsm")):
