@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <pwd.h>
+#include <signal.h>
+
+#include "build-config.h"
+#include "bus-util.h"
+#include "certd.h"
+#include "certs-config.h"
+#include "log.h"
+#include "macro.h"
+
+#define DEFAULT_IDLE_SEC 30
+#define CONFIG_DEBOUNCE_USEC (250 * 1000)
+
+static void manager_free(Manager *m)
+{
+        if (!m)
+                return;
+        config_watch_free(m->config_watch);
+        polkit_registry_free(m->polkit_registry);
+        sd_bus_slot_unref(m->object_slot);
+        sd_bus_flush_close_unref(m->bus);
+        sd_event_unref(m->event);
+        principal_set_done(&m->principals);
+        certs_config_done(&m->config);
+        sender_uid_cache_done(&m->sender_uids);
+        certs_store_free(m->store);
+        free(m);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free)
+
+/* The ids named by [cert_issuance] may have certificates written by upstream's certd: index them,
+ * so that they are listed. */
+static void manager_adopt_ids(Manager *m, const CertsConfig *c)
+{
+        if (!c->cert_issuance)
+                return;
+        toml_table_foreach(e, c->cert_issuance)
+        {
+                int r;
+
+                if (memchr(e->key, 0, e->key_len) || certs_id_validate(e->key) < 0)
+                        continue;
+                r = certs_store_adopt(m->store, e->key);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to index the certificate %s: %m", e->key);
+        }
+}
+
+/* Applies what may change without a restart: principals, preloaded certificates and issuance
+ * options. Takes the configuration over on success. */
+static int manager_apply(Manager *m, CertsConfig *c, ConfigError *err)
+{
+        int r;
+
+        r = certs_store_set_preloaded(m->store, c->preloaded, err);
+        if (r < 0)
+                return r;
+        principal_set_done(&m->principals);
+        m->principals = c->principals;
+        c->principals = (PrincipalSet){};
+        manager_adopt_ids(m, c);
+        certs_config_done(&m->config);
+        m->config = *c;
+        *c = (CertsConfig){};
+        return 0;
+}
+
+static void manager_reload_config(void *userdata)
+{
+        _cleanup_(certs_config_done) CertsConfig c = {};
+        Manager *m = userdata;
+        ConfigError err = {};
+        char buf[1024];
+        int r;
+
+        /* The home stays as it is until a restart. */
+        r = certs_config_load(&c, &err);
+        if (r >= 0)
+                r = manager_apply(m, &c, &err);
+        if (r < 0) {
+                log_warning("Keeping the previous configuration: %s",
+                            config_error_format(&err, buf, sizeof(buf)));
+                config_error_done(&err);
+                return;
+        }
+        log_info("Configuration reloaded: %zu principal(s).", m->principals.n);
+}
+
+static int manager_load_config(Manager *m)
+{
+        _cleanup_(certs_config_done) CertsConfig c = {};
+        _cleanup_free_ char *main_path = NULL, *dir = NULL;
+        ConfigError err = {};
+        char buf[1024];
+        int r;
+
+        r = certs_config_load(&c, &err);
+        if (r < 0) {
+                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
+                config_error_done(&err);
+                return r;
+        }
+        r = certs_store_new(c.homedir, &m->store);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the certificate store in %s: %m",
+                                       c.homedir);
+        r = manager_apply(m, &c, &err);
+        if (r < 0) {
+                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
+                config_error_done(&err);
+                return r;
+        }
+
+        r = config_paths("certd", &main_path, &dir);
+        if (r < 0)
+                return log_oom();
+        r = config_watch_new(m->event, main_path, dir, CONFIG_DEBOUNCE_USEC, manager_reload_config,
+                             m, &m->config_watch);
+        if (r < 0)
+                log_warning_errno(r, "The configuration will not be reloaded on change: %m");
+        return 0;
+}
+
+static bool manager_busy(void *userdata)
+{
+        Manager *m = userdata;
+
+        return polkit_registry_busy(m->polkit_registry);
+}
+
+static int manager_connect_bus(Manager *m)
+{
+        int r;
+
+        r = bus_open_system_or_address(NULL, &m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Failed to connect to the system bus: %m");
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
+        r = polkit_registry_new(m->bus, &m->polkit_registry);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up polkit checks: %m");
+        return certs_dbus_register(m);
+}
+
+static int manager_new(Manager **ret)
+{
+        _cleanup_(manager_freep) Manager *m = NULL;
+        const char *gw = getenv("AZIOT_GATEWAY_USER") ?: GATEWAY_USER;
+        struct passwd *pw;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return log_oom();
+        pw = getpwnam(gw);
+        m->gateway_uid = pw ? pw->pw_uid : UID_INVALID;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate the event loop: %m");
+        r = event_add_exit_signals(m->event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to handle SIGTERM and SIGINT: %m");
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+static int run(uint64_t idle_usec)
+{
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        r = manager_new(&m);
+        if (r < 0)
+                return r;
+        r = manager_load_config(m);
+        if (r < 0)
+                return r;
+        r = manager_connect_bus(m);
+        if (r < 0)
+                return r;
+
+        log_info("Serving %s.", CERTS_BUS_NAME);
+        r = bus_request_name_and_run_until_idle(m->event, m->bus, CERTS_BUS_NAME, idle_usec,
+                                                manager_busy, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to serve %s: %m", CERTS_BUS_NAME);
+        return 0;
+}
+
+static void help(void)
+{
+        printf("aziot-certd [OPTIONS]\n\n"
+               "The Certificates service of the device identity stack, on D-Bus as %s.\n\n"
+               "  -h --help               Show this help\n"
+               "     --version            Show the version\n"
+               "     --idle-timeout=SEC   Exit after SEC seconds without calls (default %d,\n"
+               "                          0: never)\n"
+               "\nConfiguration: /etc/aziot/certd/config.toml and config.d/*.toml, or\n"
+               "AZIOT_CERTD_CONFIG and AZIOT_CERTD_CONFIG_DIR. Log level: AZIOT_LOG.\n",
+               CERTS_BUS_NAME, DEFAULT_IDLE_SEC);
+}
+
+int main(int argc, char *argv[])
+{
+        enum { ARG_VERSION = 0x100, ARG_IDLE };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "idle-timeout", required_argument, NULL, ARG_IDLE },
+                {},
+        };
+        unsigned long idle_sec = DEFAULT_IDLE_SEC;
+        char *end;
+        int c;
+
+        log_setup("aziot-certd");
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return EXIT_SUCCESS;
+                case ARG_VERSION:
+                        printf("aziot-certd %s\n", PACKAGE_VERSION);
+                        return EXIT_SUCCESS;
+                case ARG_IDLE:
+                        errno = 0;
+                        idle_sec = strtoul(optarg, &end, 10);
+                        if (errno || *end || end == optarg || idle_sec > 86400) {
+                                log_error("Invalid --idle-timeout: %s", optarg);
+                                return EXIT_FAILURE;
+                        }
+                        break;
+                default:
+                        return EXIT_FAILURE;
+                }
+        if (optind < argc) {
+                log_error("Unexpected argument: %s", argv[optind]);
+                return EXIT_FAILURE;
+        }
+
+        return run((uint64_t)idle_sec * 1000000) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "bus-caller.h"
+#include "certs-config.h"
+#include "certs-store.h"
+#include "config-watch.h"
+#include "polkit.h"
+#include "principal.h"
+
+#define CERTS_BUS_NAME "org.aziot.Certificates1"
+#define CERTS_OBJECT_PATH "/org/aziot/Certificates1"
+#define CERTS_INTERFACE "org.aziot.Certificates1"
+
+#define CERTS_ERROR_INVALID_PARAMETER "org.aziot.Certificates1.Error.InvalidParameter"
+#define CERTS_ERROR_NOT_FOUND "org.aziot.Certificates1.Error.NotFound"
+#define CERTS_ERROR_NOT_AUTHORIZED "org.aziot.Certificates1.Error.NotAuthorized"
+#define CERTS_ERROR_FAILED "org.aziot.Certificates1.Error.Failed"
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        sd_bus_slot *object_slot;
+        PolkitRegistry *polkit_registry;
+        SenderUidCache sender_uids;
+
+        CertsStore *store;
+        CertsConfig config; /* the configuration in force (issuance options), without principals */
+        PrincipalSet principals;
+        ConfigWatch *config_watch;
+
+        uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
+} Manager;
+
+int certs_dbus_register(Manager *m);
