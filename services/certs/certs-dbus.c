@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 
 #include "aziot-key.h"
+#include "bus-authorize.h"
 #include "certd.h"
 #include "certs-issue.h"
 #include "certs-openssl.h"
@@ -19,8 +20,8 @@ enum {
 };
 
 typedef struct CertsOptions {
-        unsigned present;
-        int client_socket; /* owned by the message */
+        unsigned allowed, present; /* OPTION_ISSUER */
+        int client_socket;         /* owned by the message; -EBADF when not passed */
         const char *issuer_cert_id, *issuer_key_pair_id;
 } CertsOptions;
 
@@ -40,61 +41,41 @@ static int reply_failed(sd_bus_error *error, int r, const char *what)
         return sd_bus_error_set(error, CERTS_ERROR_FAILED, "internal error");
 }
 
-static int read_option(sd_bus_message *m, const char *name, unsigned allowed, CertsOptions *o,
-                       sd_bus_error *error)
+static int read_option(sd_bus_message *m, const char *name, void *userdata, sd_bus_error *error)
 {
+        CertsOptions *o = userdata;
         int r;
 
-        if (streq(name, "client-socket") && (allowed & OPTION_CLIENT_SOCKET)) {
-                r = sd_bus_message_enter_container(m, 'v', "h");
-                if (r < 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                "Option \"client-socket\" must be of type h.");
-                r = sd_bus_message_read(m, "h", &o->client_socket);
-                if (r < 0)
-                        return r;
-                o->present |= OPTION_CLIENT_SOCKET;
-                return sd_bus_message_exit_container(m);
-        }
-        if (streq(name, "issuer") && (allowed & OPTION_ISSUER)) {
-                r = sd_bus_message_enter_container(m, 'v', "(ss)");
-                if (r < 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                "Option \"issuer\" must be of type (ss).");
-                r = sd_bus_message_read(m, "(ss)", &o->issuer_cert_id, &o->issuer_key_pair_id);
-                if (r < 0)
-                        return r;
-                o->present |= OPTION_ISSUER;
-                return sd_bus_message_exit_container(m);
-        }
-        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option \"%s\".", name);
+        if (!streq(name, "issuer") || !(o->allowed & OPTION_ISSUER))
+                return 0;
+        r = sd_bus_message_enter_container(m, 'v', "(ss)");
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
+                                        "Option \"issuer\" must be of type (ss).");
+        r = sd_bus_message_read(m, "(ss)", &o->issuer_cert_id, &o->issuer_key_pair_id);
+        if (r < 0)
+                return r;
+        o->present |= OPTION_ISSUER;
+        r = sd_bus_message_exit_container(m);
+        return r < 0 ? r : 1;
 }
 
 /* Reads the trailing a{sv}; only the options in allowed are accepted. */
 static int read_options(sd_bus_message *m, unsigned allowed, CertsOptions *ret, sd_bus_error *error)
 {
-        int r;
+        *ret = (CertsOptions){ .allowed = allowed };
+        return bus_read_options(m, allowed & OPTION_CLIENT_SOCKET, &ret->client_socket,
+                                read_option, ret, error);
+}
 
-        *ret = (CertsOptions){ .client_socket = -EBADF };
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *name;
-
-                r = sd_bus_message_read(m, "s", &name);
-                if (r < 0)
-                        return r;
-                r = read_option(m, name, allowed, ret, error);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-        return sd_bus_message_exit_container(m);
+static BusAuthContext auth_context(Manager *m)
+{
+        return (BusAuthContext){
+                .gateway_uid = m->gateway_uid,
+                .sender_uids = &m->sender_uids,
+                .principals = &m->principals,
+                .polkit_registry = &m->polkit_registry,
+        };
 }
 
 /* Operations open to every caller still refuse a socket passed by a sender that may not delegate:
@@ -102,18 +83,15 @@ static int read_options(sd_bus_message *m, unsigned allowed, CertsOptions *ret, 
 static int check_delegation(Manager *m, sd_bus_message *msg, const CertsOptions *o,
                             sd_bus_error *error)
 {
+        BusAuthContext ctx = auth_context(m);
         uid_t uid;
         int r;
 
-        if (!(o->present & OPTION_CLIENT_SOCKET))
-                return 0;
-        r = bus_caller_uid(msg, NULL, &m->sender_uids, &uid);
-        if (r < 0)
-                return r;
-        if (uid != 0 && uid != m->gateway_uid)
+        r = bus_check_delegation(&ctx, msg, NULL, o->client_socket, &uid);
+        if (r == -EPERM)
                 return sd_bus_error_setf(error, CERTS_ERROR_NOT_AUTHORIZED,
                                          "user %u may not act for another process", (unsigned)uid);
-        return 0;
+        return r;
 }
 
 static int reply_not_authorized(sd_bus_error *error, uid_t uid, const char *id)
@@ -132,38 +110,26 @@ static int authorize(Manager *m, sd_bus_message *msg, const CertsOptions *o, con
 {
         const char *details[] = { "cert_id", id, issuer_id ? "issuer_cert_id" : NULL, issuer_id,
                                   NULL };
-        const char *denied;
-        BusCaller caller;
+        const char *ids[] = { id, issuer_id, NULL };
+        BusAuthContext ctx = auth_context(m);
+        const char *denied = NULL;
+        uid_t uid = UID_INVALID;
         int r;
 
-        r = bus_caller_resolve(msg, NULL, o->client_socket, m->gateway_uid, &m->sender_uids,
-                               &caller);
-        if (r == -EPERM)
-                return check_delegation(m, msg, o, error) ?: -EPERM;
-        if (r == -ENOTSOCK || r == -ESRCH || r == -EBADF)
+        r = bus_authorize(&ctx, msg, NULL, o->client_socket, ids, NULL, "org.aziot.certs.manage",
+                          details, &uid, &denied);
+        switch (r) {
+        case -EPERM:
+                return sd_bus_error_setf(error, CERTS_ERROR_NOT_AUTHORIZED,
+                                         "user %u may not act for another process", (unsigned)uid);
+        case -ENOTSOCK:
                 return reply_invalid_parameter(error, "client-socket",
                                                "not a connected Unix socket");
-        if (r < 0)
+        case -EACCES:
+                return reply_not_authorized(error, uid, denied);
+        default:
                 return r;
-
-        if (caller.uid == 0)
-                return 1;
-        denied = !principal_allows(&m->principals, caller.uid, id) ? id
-                 : issuer_id && !principal_allows(&m->principals, caller.uid, issuer_id)
-                         ? issuer_id
-                         : NULL;
-        if (!denied)
-                return 1;
-
-        r = polkit_check_async(msg, "org.aziot.certs.manage", details,
-                               caller.process_subject ? &caller.peer : NULL, &m->polkit_registry);
-        if (r == 0)
-                return 0;
-        if (r > 0)
-                return 1;
-        if (r != -EACCES)
-                log_debug_errno(r, "Authorization of user %u failed: %m", (unsigned)caller.uid);
-        return reply_not_authorized(error, caller.uid, denied);
+        }
 }
 
 /* Checks an id argument (before authorization, so that nothing is asked about garbage). */

@@ -3,6 +3,7 @@
  * arguments, validates them, authorizes (possibly asking polkit, in which case the call is dispatched
  * again when polkit answers, so nothing before that step changes state), acts through the key store,
  * and replies. Error messages use upstream's wording: the gateway passes them on to HTTP clients. */
+#include "bus-authorize.h"
 #include "keyd.h"
 #include "keys-handle.h"
 #include "keys-private.h"
@@ -16,8 +17,8 @@ enum {
 };
 
 typedef struct KeysOptions {
-        unsigned present;
-        int client_socket; /* owned by the message */
+        unsigned allowed, present; /* OPTION_IV, OPTION_AAD */
+        int client_socket;         /* owned by the message; -EBADF when not passed */
         const void *iv, *aad;
         size_t iv_len, aad_len;
 } KeysOptions;
@@ -39,7 +40,7 @@ static int reply_store_error(sd_bus_error *error, AZIOT_KEYS_RC rc, const char *
         if (rc == AZIOT_KEYS_RC_ERR_INVALID_PARAMETER)
                 return sd_bus_error_set(error, KEYS_ERROR_INVALID_PARAMETER,
                                         "a parameter has an invalid value");
-        log_warning("!!! %s failed in the key store (%u).", what, rc);
+        log_warning("%s failed in the key store (%u).", what, rc);
         return sd_bus_error_set(error, KEYS_ERROR_FAILED, "internal error");
 }
 
@@ -57,58 +58,38 @@ static int read_byte_variant(sd_bus_message *m, const char *name, const void **r
         return sd_bus_message_exit_container(m);
 }
 
-static int read_option(sd_bus_message *m, const char *name, unsigned allowed, KeysOptions *o,
-                       sd_bus_error *error)
+static int read_option(sd_bus_message *m, const char *name, void *userdata, sd_bus_error *error)
 {
+        KeysOptions *o = userdata;
         int r;
 
-        if (streq(name, "client-socket") && (allowed & OPTION_CLIENT_SOCKET)) {
-                r = sd_bus_message_enter_container(m, 'v', "h");
-                if (r < 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                "Option \"client-socket\" must be of type h.");
-                r = sd_bus_message_read(m, "h", &o->client_socket);
-                if (r < 0)
-                        return r;
-                o->present |= OPTION_CLIENT_SOCKET;
-                return sd_bus_message_exit_container(m);
-        }
-        if (streq(name, "iv") && (allowed & OPTION_IV)) {
+        if (streq(name, "iv") && (o->allowed & OPTION_IV)) {
                 o->present |= OPTION_IV;
-                return read_byte_variant(m, name, &o->iv, &o->iv_len, error);
-        }
-        if (streq(name, "aad") && (allowed & OPTION_AAD)) {
+                r = read_byte_variant(m, name, &o->iv, &o->iv_len, error);
+        } else if (streq(name, "aad") && (o->allowed & OPTION_AAD)) {
                 o->present |= OPTION_AAD;
-                return read_byte_variant(m, name, &o->aad, &o->aad_len, error);
-        }
-        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option \"%s\".", name);
+                r = read_byte_variant(m, name, &o->aad, &o->aad_len, error);
+        } else
+                return 0;
+        return r < 0 ? r : 1;
 }
 
 /* Reads the trailing a{sv}; only the options in allowed are accepted. */
 static int read_options(sd_bus_message *m, unsigned allowed, KeysOptions *ret, sd_bus_error *error)
 {
-        int r;
+        *ret = (KeysOptions){ .allowed = allowed };
+        return bus_read_options(m, allowed & OPTION_CLIENT_SOCKET, &ret->client_socket,
+                                read_option, ret, error);
+}
 
-        *ret = (KeysOptions){ .client_socket = -EBADF };
-        r = sd_bus_message_enter_container(m, 'a', "{sv}");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
-                const char *name;
-
-                r = sd_bus_message_read(m, "s", &name);
-                if (r < 0)
-                        return r;
-                r = read_option(m, name, allowed, ret, error);
-                if (r < 0)
-                        return r;
-                r = sd_bus_message_exit_container(m);
-                if (r < 0)
-                        return r;
-        }
-        if (r < 0)
-                return r;
-        return sd_bus_message_exit_container(m);
+static BusAuthContext auth_context(Manager *m)
+{
+        return (BusAuthContext){
+                .gateway_uid = m->gateway_uid,
+                .sender_uids = &m->sender_uids,
+                .principals = &m->principals,
+                .polkit_registry = &m->polkit_registry,
+        };
 }
 
 /* Handle operations need no authorization, but a socket passed by a sender that may not delegate is
@@ -124,18 +105,15 @@ static const PeerCred *connection_peer(Manager *m, sd_bus_message *msg)
 static int check_delegation(Manager *m, sd_bus_message *msg, const KeysOptions *o,
                             sd_bus_error *error)
 {
+        BusAuthContext ctx = auth_context(m);
         uid_t uid;
         int r;
 
-        if (!(o->present & OPTION_CLIENT_SOCKET))
-                return 0;
-        r = bus_caller_uid(msg, connection_peer(m, msg), &m->sender_uids, &uid);
-        if (r < 0)
-                return r;
-        if (uid != 0 && uid != m->gateway_uid)
+        r = bus_check_delegation(&ctx, msg, connection_peer(m, msg), o->client_socket, &uid);
+        if (r == -EPERM)
                 return sd_bus_error_setf(error, KEYS_ERROR_NOT_AUTHORIZED,
                                          "user %u may not act for another process", (unsigned)uid);
-        return 0;
+        return r;
 }
 
 static int reply_not_authorized(sd_bus_error *error, uid_t uid, const char *id)
@@ -144,51 +122,33 @@ static int reply_not_authorized(sd_bus_error *error, uid_t uid, const char *id)
                                  "user %u is not authorized to access the key %s", (unsigned)uid, id);
 }
 
-/* Authorizes the caller for id (and to, for a move). Returns 1 when allowed, 0 when polkit was asked
- * (the handler returns 1 and runs again with the answer), negative with error set otherwise. */
+/* Authorizes the caller for id (and to, for a move). The handle-validation key stays out of reach
+ * even of root: with it, handles to any key can be forged. Returns 1 when allowed, 0 when polkit was
+ * asked (the handler returns 1 and runs again with the answer), negative with error set otherwise. */
 static int authorize(Manager *m, sd_bus_message *msg, const KeysOptions *o, const char *action,
                      const char *id, const char *to, sd_bus_error *error)
 {
         const char *details[] = { "key_id", id, to ? "key_id_to" : NULL, to, NULL };
-        const char *denied;
-        BusCaller caller;
+        const char *ids[] = { id, to, NULL };
+        BusAuthContext ctx = auth_context(m);
+        const char *denied = NULL;
+        uid_t uid = UID_INVALID;
         int r;
 
-        r = bus_caller_resolve(msg, connection_peer(m, msg), o->client_socket, m->gateway_uid,
-                               &m->sender_uids, &caller);
-        if (r == -EPERM)
-                return check_delegation(m, msg, o, error) ?: -EPERM;
-        if (r == -ENOTSOCK || r == -ESRCH || r == -EBADF)
+        r = bus_authorize(&ctx, msg, connection_peer(m, msg), o->client_socket, ids,
+                          KEYS_HANDLE_VALIDATION_KEY_ID, action, details, &uid, &denied);
+        switch (r) {
+        case -EPERM:
+                return sd_bus_error_setf(error, KEYS_ERROR_NOT_AUTHORIZED,
+                                         "user %u may not act for another process", (unsigned)uid);
+        case -ENOTSOCK:
                 return reply_invalid_parameter(error, "client-socket",
                                                "not a connected Unix socket");
-        if (r < 0)
+        case -EACCES:
+                return reply_not_authorized(error, uid, denied);
+        default:
                 return r;
-
-        /* The handle-validation key stays out of reach even of root: with it, handles to any key
-         * can be forged. */
-        denied = streq(id, KEYS_HANDLE_VALIDATION_KEY_ID)             ? id
-                 : to && streq(to, KEYS_HANDLE_VALIDATION_KEY_ID) ? to
-                                                             : NULL;
-        if (denied)
-                return reply_not_authorized(error, caller.uid, denied);
-
-        if (caller.uid == 0)
-                return 1;
-        denied = !principal_allows(&m->principals, caller.uid, id)           ? id
-                 : to && !principal_allows(&m->principals, caller.uid, to) ? to
-                                                                           : NULL;
-        if (!denied)
-                return 1;
-
-        r = polkit_check_async(msg, action, details, caller.process_subject ? &caller.peer : NULL,
-                               &m->polkit_registry);
-        if (r == 0)
-                return 0;
-        if (r > 0)
-                return 1;
-        if (r != -EACCES)
-                log_debug_errno(r, "Authorization of user %u failed: %m", (unsigned)caller.uid);
-        return reply_not_authorized(error, caller.uid, denied);
+        }
 }
 
 static int parse_usage(sd_bus_message *m, AZIOT_KEYS_KEY_USAGE *ret, sd_bus_error *error)
