@@ -14,10 +14,6 @@
 #include "keyd-client.h"
 #include "provider.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(BIGNUM *, BN_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_PARAM_BLD *, OSSL_PARAM_BLD_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_PARAM *, OSSL_PARAM_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(ASN1_OBJECT *, ASN1_OBJECT_free);
 
 static void *key_new(AziotProvider *prov, AziotKeyType type)
 {

@@ -21,6 +21,7 @@
 
 #include "aziot-key.h"
 #include "macro.h"
+#include "openssl-util.h"
 
 typedef struct KeydClient KeydClient;
 
@@ -91,8 +92,4 @@ extern const OSSL_DISPATCH aziot_rsa_signature_functions[];
 /* store.c */
 extern const OSSL_DISPATCH aziot_store_functions[];
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY_CTX *, EVP_PKEY_CTX_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MD_CTX *, EVP_MD_CTX_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MD *, EVP_MD_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(AziotKey *, aziot_key_free);

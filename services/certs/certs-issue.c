@@ -56,7 +56,7 @@ static int chain_parse(const char *pem, size_t len, X509Stack **ret)
                 X509 *x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
 
                 if (!x)
-                        return certs_log_openssl_error("Reading the issuer chain");
+                        return log_openssl_error("Reading the issuer chain");
                 if (!sk_X509_push(chain, x)) {
                         X509_free(x);
                         return -ENOMEM;
@@ -74,7 +74,7 @@ static int serial_set(X509 *x)
         /* Unsigned big-endian bytes: always positive; zero (2^-128) is drawn again. */
         do {
                 if (RAND_bytes(buf, sizeof(buf)) != 1)
-                        return certs_log_openssl_error("Drawing a serial number");
+                        return log_openssl_error("Drawing a serial number");
                 BN_free(bn);
                 bn = BN_bin2bn(buf, sizeof(buf), NULL);
                 if (!bn)
@@ -82,7 +82,7 @@ static int serial_set(X509 *x)
         } while (BN_is_zero(bn));
 
         if (!BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)))
-                return certs_log_openssl_error("Setting the serial number");
+                return log_openssl_error("Setting the serial number");
         return 0;
 }
 
@@ -93,11 +93,11 @@ static int validity_set(X509 *x, unsigned days, const X509 *issuer)
 
         if (!X509_gmtime_adj(X509_getm_notBefore(x), 0) ||
             !X509_time_adj_ex(X509_getm_notAfter(x), (int)days, 0, NULL))
-                return certs_log_openssl_error("Setting the validity");
+                return log_openssl_error("Setting the validity");
 
         if (issuer && ASN1_TIME_compare(X509_get0_notAfter(issuer), X509_get0_notAfter(x)) < 0 &&
             !X509_set1_notAfter(x, X509_get0_notAfter(issuer)))
-                return certs_log_openssl_error("Capping the validity");
+                return log_openssl_error("Capping the validity");
         return 0;
 }
 
@@ -109,7 +109,7 @@ static int key_id_of(const X509 *x, ASN1_OCTET_STRING **ret)
         ASN1_OCTET_STRING *oct;
 
         if (!X509_pubkey_digest(x, EVP_sha1(), md, &md_len))
-                return certs_log_openssl_error("Hashing the public key");
+                return log_openssl_error("Hashing the public key");
         oct = ASN1_OCTET_STRING_new();
         if (!oct || !ASN1_OCTET_STRING_set(oct, md, (int)md_len)) {
                 ASN1_OCTET_STRING_free(oct);
@@ -132,7 +132,7 @@ static int key_ids_set(X509 *x, X509 *issuer)
                 return r;
         if (X509_add1_ext_i2d(x, NID_subject_key_identifier, ski, /* crit= */ 0,
                               X509V3_ADD_REPLACE) != 1)
-                return certs_log_openssl_error("Adding the subject key identifier");
+                return log_openssl_error("Adding the subject key identifier");
 
         akid = AUTHORITY_KEYID_new();
         if (!akid)
@@ -148,7 +148,7 @@ static int key_ids_set(X509 *x, X509 *issuer)
                 return -ENOMEM;
         if (X509_add1_ext_i2d(x, NID_authority_key_identifier, akid, /* crit= */ 0,
                               X509V3_ADD_REPLACE) != 1)
-                return certs_log_openssl_error("Adding the authority key identifier");
+                return log_openssl_error("Adding the authority key identifier");
         return 0;
 }
 
@@ -182,7 +182,7 @@ static int key_usage_add(X509 *x, const X509_EXTENSION *requested, bool ca)
         if (!any)
                 return 0;
         if (X509_add1_ext_i2d(x, NID_key_usage, ku, critical, X509V3_ADD_DEFAULT) != 1)
-                return certs_log_openssl_error("Adding keyUsage");
+                return log_openssl_error("Adding keyUsage");
         return 0;
 }
 
@@ -209,7 +209,7 @@ static int basic_constraints_add(X509 *x, const X509_EXTENSION *requested, bool 
         }
         bc->ca = ca ? 0xff : 0;
         if (X509_add1_ext_i2d(x, NID_basic_constraints, bc, /* crit= */ 1, X509V3_ADD_DEFAULT) != 1)
-                return certs_log_openssl_error("Adding basicConstraints");
+                return log_openssl_error("Adding basicConstraints");
         return 0;
 }
 
@@ -248,11 +248,11 @@ static int extensions_copy(X509 *x, const X509_REQ *req, bool ca)
                         break;
                 case NID_name_constraints:
                         if (ca && !X509_add_ext(x, ext, -1))
-                                return certs_log_openssl_error("Copying nameConstraints");
+                                return log_openssl_error("Copying nameConstraints");
                         break;
                 default:
                         if (!X509_add_ext(x, ext, -1))
-                                return certs_log_openssl_error("Copying a CSR extension");
+                                return log_openssl_error("Copying a CSR extension");
                 }
         }
 
@@ -265,7 +265,7 @@ static int extensions_copy(X509 *x, const X509_REQ *req, bool ca)
 static int pem_append(BIO *bio, X509 *x)
 {
         if (!PEM_write_bio_X509(bio, x))
-                return certs_log_openssl_error("Encoding a certificate");
+                return log_openssl_error("Encoding a certificate");
         return 0;
 }
 
@@ -332,7 +332,7 @@ int certs_issue(const char *csr_pem, size_t csr_len, const char *issuer_chain_pe
         if (!X509_set_version(x, X509_VERSION_3) || !X509_set_subject_name(x, subject) ||
             !X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : subject) ||
             !X509_set_pubkey(x, X509_REQ_get0_pubkey(req)))
-                return certs_log_openssl_error("Building the certificate");
+                return log_openssl_error("Building the certificate");
 
         r = serial_set(x);
         if (r >= 0)
@@ -345,7 +345,7 @@ int certs_issue(const char *csr_pem, size_t csr_len, const char *issuer_chain_pe
                 return r;
 
         if (X509_sign(x, issuer_key, EVP_sha256()) <= 0)
-                return certs_log_openssl_error("Signing the certificate");
+                return log_openssl_error("Signing the certificate");
         /* The key may live in keyd and cannot be compared: check what it signed instead. */
         if (X509_verify(x, issuer ? X509_get0_pubkey(issuer) : X509_REQ_get0_pubkey(req)) != 1) {
                 ERR_clear_error();

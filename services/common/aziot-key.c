@@ -11,6 +11,7 @@
 
 #include "aziot-key.h"
 #include "macro.h"
+#include "openssl-util.h"
 
 static const char *const reason_strings[] = {
         [AZIOT_KEY_R_KEYD_UNREACHABLE] = "keyd is not reachable",
@@ -196,8 +197,6 @@ static int consume_errors(int fallback, const char *fallback_message, char **ret
         return r;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_STORE_CTX *, OSSL_STORE_close);
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_STORE_INFO *, OSSL_STORE_INFO_free);
 
 int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY **ret,
                        char **ret_message)

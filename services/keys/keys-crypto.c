@@ -66,20 +66,6 @@ int keys_preferred_algorithms_parse(const char *s, KeysAlgorithm ret[_KEYS_ALGOR
         return n > 0 ? n : -EINVAL;
 }
 
-int log_openssl_error(const char *what)
-{
-        unsigned long e = ERR_get_error();
-        char buf[256];
-
-        if (e == 0)
-                log_error("%s failed.", what);
-        else {
-                ERR_error_string_n(e, buf, sizeof(buf));
-                log_error("%s failed: %s", what, buf);
-        }
-        ERR_clear_error();
-        return -EIO;
-}
 
 int keys_crypto_init(void)
 {

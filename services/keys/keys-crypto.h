@@ -15,13 +15,8 @@
 
 #include "aziot-keys.h"
 #include "macro.h"
+#include "openssl-util.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY_CTX *, EVP_PKEY_CTX_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_MAC_CTX *, EVP_MAC_CTX_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_CIPHER_CTX *, EVP_CIPHER_CTX_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(BIO *, BIO_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(BIGNUM *, BN_free);
 
 #define KEYS_HMAC_SIZE 32u
 #define KEYS_AEAD_TAG_SIZE 16u
@@ -47,8 +42,6 @@ const char *keys_algorithm_to_string(KeysAlgorithm a);
 int keys_crypto_init(void);
 void keys_crypto_done(void);
 
-/* Logs the OpenSSL error queue under the given context, empties it, returns -EIO. */
-int log_openssl_error(const char *what);
 
 /* An HMAC-SHA256 context keyed with key, kept per cached key and reused for every MAC. */
 int keys_hmac_new(const uint8_t *key, size_t key_len, EVP_MAC_CTX **ret);

@@ -31,6 +31,7 @@
 
 #include "aziot-key.h"
 #include "macro.h"
+#include "openssl-util.h"
 
 typedef struct Options {
         const char *key_uri;
@@ -45,12 +46,8 @@ typedef struct Options {
         bool describe;
 } Options;
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(EVP_PKEY *, EVP_PKEY_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(SSL_CTX *, SSL_CTX_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(SSL *, SSL_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(BIGNUM *, BN_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_STORE_CTX *, OSSL_STORE_close);
-DEFINE_TRIVIAL_CLEANUP_FUNC(OSSL_STORE_INFO *, OSSL_STORE_INFO_free);
 
 static EVP_PKEY *load_from_store(const char *uri)
 {

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 #include <openssl/err.h>
 
-#include "certs-openssl.h"
 #include "log.h"
+#include "openssl-util.h"
 
-int certs_log_openssl_error(const char *what)
+int log_openssl_error(const char *what)
 {
         unsigned long e = ERR_get_error();
         char buf[256];
