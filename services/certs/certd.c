@@ -1,14 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-#include <getopt.h>
-#include <pwd.h>
 #include <signal.h>
 
-#include "build-config.h"
 #include "bus-util.h"
 #include "certd.h"
 #include "certs-config.h"
 #include "log.h"
 #include "macro.h"
+#include "service.h"
 
 #define DEFAULT_IDLE_SEC 30
 #define CONFIG_DEBOUNCE_USEC (250 * 1000)
@@ -134,37 +132,24 @@ static int manager_connect_bus(Manager *m)
 {
         int r;
 
-        r = bus_open_system_or_address(NULL, &m->bus);
+        r = service_connect_bus(m->event, &m->bus, &m->polkit_registry);
         if (r < 0)
-                return log_error_errno(r, "Failed to connect to the system bus: %m");
-        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
-        if (r < 0)
-                return log_error_errno(r, "Failed to attach the bus to the event loop: %m");
-        r = polkit_registry_new(m->bus, &m->polkit_registry);
-        if (r < 0)
-                return log_error_errno(r, "Failed to set up polkit checks: %m");
+                return r;
         return certs_dbus_register(m);
 }
 
 static int manager_new(Manager **ret)
 {
         _cleanup_(manager_freep) Manager *m = NULL;
-        const char *gw = getenv("AZIOT_GATEWAY_USER") ?: GATEWAY_USER;
-        struct passwd *pw;
         int r;
 
         m = calloc(1, sizeof(*m));
         if (!m)
                 return log_oom();
-        pw = getpwnam(gw);
-        m->gateway_uid = pw ? pw->pw_uid : UID_INVALID;
-
-        r = sd_event_default(&m->event);
+        m->gateway_uid = service_gateway_uid();
+        r = service_event_new(&m->event);
         if (r < 0)
-                return log_error_errno(r, "Failed to allocate the event loop: %m");
-        r = event_add_exit_signals(m->event);
-        if (r < 0)
-                return log_error_errno(r, "Failed to handle SIGTERM and SIGINT: %m");
+                return r;
 
         *ret = TAKE_PTR(m);
         return 0;
@@ -193,57 +178,16 @@ static int run(uint64_t idle_usec)
         return 0;
 }
 
-static void help(void)
-{
-        printf("aziot-certd [OPTIONS]\n\n"
-               "The Certificates service of the device identity stack, on D-Bus as %s.\n\n"
-               "  -h --help               Show this help\n"
-               "     --version            Show the version\n"
-               "     --idle-timeout=SEC   Exit after SEC seconds without calls (default %d,\n"
-               "                          0: never)\n"
-               "\nConfiguration: /etc/aziot/certd/config.toml and config.d/*.toml, or\n"
-               "AZIOT_CERTD_CONFIG and AZIOT_CERTD_CONFIG_DIR. Log level: AZIOT_LOG.\n",
-               CERTS_BUS_NAME, DEFAULT_IDLE_SEC);
-}
-
 int main(int argc, char *argv[])
 {
-        enum { ARG_VERSION = 0x100, ARG_IDLE };
-        static const struct option options[] = {
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, ARG_VERSION },
-                { "idle-timeout", required_argument, NULL, ARG_IDLE },
-                {},
+        static const ServiceDescription service = {
+                .program = "aziot-certd",
+                .what = "The Certificates service of the device identity stack",
+                .bus_name = CERTS_BUS_NAME,
+                .config = "certd",
+                .default_idle_sec = DEFAULT_IDLE_SEC,
+                .run = run,
         };
-        unsigned long idle_sec = DEFAULT_IDLE_SEC;
-        char *end;
-        int c;
 
-        log_setup("aziot-certd");
-
-        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
-                switch (c) {
-                case 'h':
-                        help();
-                        return EXIT_SUCCESS;
-                case ARG_VERSION:
-                        printf("aziot-certd %s\n", PACKAGE_VERSION);
-                        return EXIT_SUCCESS;
-                case ARG_IDLE:
-                        errno = 0;
-                        idle_sec = strtoul(optarg, &end, 10);
-                        if (errno || *end || end == optarg || idle_sec > 86400) {
-                                log_error("Invalid --idle-timeout: %s", optarg);
-                                return EXIT_FAILURE;
-                        }
-                        break;
-                default:
-                        return EXIT_FAILURE;
-                }
-        if (optind < argc) {
-                log_error("Unexpected argument: %s", argv[optind]);
-                return EXIT_FAILURE;
-        }
-
-        return run((uint64_t)idle_sec * 1000000) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        return service_main(&service, argc, argv);
 }
