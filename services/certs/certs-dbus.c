@@ -22,7 +22,7 @@ enum {
 typedef struct CertsOptions {
         unsigned allowed, present; /* OPTION_ISSUER */
         int client_socket;         /* owned by the message; -EBADF when not passed */
-        const char *issuer_cert_id, *issuer_key_pair_id;
+        const char *issuer_cert_id, *issuer_key_handle;
 } CertsOptions;
 
 static int reply_invalid_parameter(sd_bus_error *error, const char *name, const char *cause)
@@ -52,7 +52,7 @@ static int read_option(sd_bus_message *m, const char *name, void *userdata, sd_b
         if (r < 0)
                 return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
                                         "Option \"issuer\" must be of type (ss).");
-        r = sd_bus_message_read(m, "(ss)", &o->issuer_cert_id, &o->issuer_key_pair_id);
+        r = sd_bus_message_read(m, "(ss)", &o->issuer_cert_id, &o->issuer_key_handle);
         if (r < 0)
                 return r;
         o->present |= OPTION_ISSUER;
@@ -174,18 +174,25 @@ static int reply_not_found(sd_bus_error *error)
                                 "parameter \"id\" has an invalid value\ncaused by: not found");
 }
 
-/* Loads a keyd key pair for signing; -ENOENT and other failures are replied. */
-static int load_issuer_key(const char *key_pair_id, const char *param, EVP_PKEY **ret,
-                           sd_bus_error *error)
+/* Loads a keyd key for signing: the key pair key_pair_id, or, when handle is set, the key of that
+ * handle (an explicit issuer: the caller proves it may use the key by holding its handle, as
+ * upstream's privateKeyHandle). Failures are replied, naming param when it is the caller's. */
+static int load_issuer_key(const char *key_pair_id, const char *handle, const char *param,
+                           EVP_PKEY **ret, sd_bus_error *error)
 {
         _cleanup_free_ char *why = NULL;
         int r;
 
-        r = aziot_key_evp_pkey(NULL, key_pair_id, ret, &why);
+        r = handle ? aziot_key_evp_pkey_from_handle(NULL, handle, ret, &why)
+                   : aziot_key_evp_pkey(NULL, key_pair_id, ret, &why);
         if (r == -ENOENT && param)
                 return reply_invalid_parameter(error, param, "not found");
+        if ((r == -EBADMSG || r == -EINVAL) && param)
+                return reply_invalid_parameter(error, param, "invalid handle");
         if (r < 0) {
-                log_warning("Loading the key pair %s failed: %s", key_pair_id, why ? why : "?");
+                /* Never the handle itself: it is a bearer token. */
+                log_warning("Loading the issuer key %s failed: %s",
+                            handle ? "(given by its handle)" : key_pair_id, why ? why : "?");
                 return sd_bus_error_set(error, CERTS_ERROR_FAILED, "internal error");
         }
         return 0;
@@ -217,7 +224,7 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                 r = check_id("issuer.certId", o.issuer_cert_id, error);
                 if (r < 0)
                         return r;
-                if (isempty(o.issuer_key_pair_id))
+                if (isempty(o.issuer_key_handle))
                         return reply_invalid_parameter(error, "issuer.privateKeyHandle", NULL);
         }
         /* Checked when the configuration was loaded: cannot fail but for memory. */
@@ -245,7 +252,6 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                                     .expiry_days = issuance.expiry_days };
         if (o.present & OPTION_ISSUER) {
                 issuer_cert = o.issuer_cert_id;
-                issuer_key = o.issuer_key_pair_id;
         } else if (issuance.method == CERTS_ISSUANCE_LOCAL_CA) {
                 if (certs_config_local_ca(&m->config, &ca_cert, &ca_key) < 0)
                         return sd_bus_error_set(error, CERTS_ERROR_FAILED,
@@ -269,11 +275,12 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                                                 "the local CA certificate does not exist");
                 if (r < 0)
                         return reply_failed(error, r, "Reading the issuer certificate");
-                r = load_issuer_key(issuer_key,
-                                    (o.present & OPTION_ISSUER) ? "issuer.privateKeyHandle" : NULL,
-                                    &key, error);
+                r = (o.present & OPTION_ISSUER)
+                            ? load_issuer_key(NULL, o.issuer_key_handle,
+                                              "issuer.privateKeyHandle", &key, error)
+                            : load_issuer_key(issuer_key, NULL, NULL, &key, error);
         } else
-                r = load_issuer_key(id, NULL, &key, error);
+                r = load_issuer_key(id, NULL, NULL, &key, error);
         if (r < 0)
                 return r;
 

@@ -154,6 +154,8 @@ static int reason_to_errno(int reason)
                 return -ENOENT;
         case AZIOT_KEY_R_BAD_URI:
                 return -EINVAL;
+        case AZIOT_KEY_R_KEYD_REJECTED:
+                return -EBADMSG;
         default:
                 return -EIO;
         }
@@ -198,8 +200,8 @@ static int consume_errors(int fallback, const char *fallback_message, char **ret
 }
 
 
-int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY **ret,
-                       char **ret_message)
+static int evp_pkey_of(OSSL_LIB_CTX *libctx, AziotKeyUriKind kind, const char *value,
+                       EVP_PKEY **ret, char **ret_message)
 {
         _cleanup_(OSSL_STORE_closep) OSSL_STORE_CTX *store = NULL;
         _cleanup_free_ char *uri = NULL;
@@ -208,10 +210,11 @@ int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY *
 
         if (ret_message)
                 *ret_message = NULL;
-        r = aziot_key_uri_format(AZIOT_KEY_URI_PAIR, key_pair_id, &uri);
+        r = aziot_key_uri_format(kind, value, &uri);
         if (r < 0) {
                 if (ret_message)
-                        *ret_message = strdup(r == -EINVAL ? "empty key pair id" : "out of memory");
+                        *ret_message = strdup(r == -EINVAL ? "empty key pair id or handle"
+                                                           : "out of memory");
                 return r;
         }
 
@@ -242,4 +245,16 @@ int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY *
         ERR_clear_error();
         *ret = pkey;
         return 0;
+}
+
+int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY **ret,
+                       char **ret_message)
+{
+        return evp_pkey_of(libctx, AZIOT_KEY_URI_PAIR, key_pair_id, ret, ret_message);
+}
+
+int aziot_key_evp_pkey_from_handle(OSSL_LIB_CTX *libctx, const char *handle, EVP_PKEY **ret,
+                                   char **ret_message)
+{
+        return evp_pkey_of(libctx, AZIOT_KEY_URI_HANDLE, handle, ret, ret_message);
 }

@@ -65,7 +65,13 @@ const char *aziot_key_reason_to_string(int reason);
  *
  * Returns 0; or -EACCES (not authorized: bus policy or keyd), -ENOENT (no such key pair),
  * -EHOSTUNREACH (keyd or the bus cannot be reached), -ENOPKG (the provider cannot be loaded),
- * -EINVAL, -ENOMEM, -EIO; then, when ret_message is not NULL, a new string that says why (from the
- * OpenSSL error queue, which is cleared). */
+ * -EBADMSG (keyd rejected the request, e.g. a forged handle), -EINVAL, -ENOMEM, -EIO; then, when
+ * ret_message is not NULL, a new string that says why (from the OpenSSL error queue, which is
+ * cleared). */
 int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY **ret,
                        char **ret_message);
+
+/* The same for a key handle the caller was given (aziot-key:handle/<handle>): whoever holds a
+ * handle may use its key, as with keyd's HTTP API. */
+int aziot_key_evp_pkey_from_handle(OSSL_LIB_CTX *libctx, const char *handle, EVP_PKEY **ret,
+                                   char **ret_message);

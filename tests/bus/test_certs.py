@@ -7,8 +7,9 @@ the real aziot-keyd, which holds the issuer's key.
 The issuer. The test CA's key pair "ca-key" is made by keyd (CreateKeyPairIfNotExists); the CA
 certificate is self-signed with that key by the real openssl command line through our provider
 (`openssl req -new -x509 -key aziot-key:pair/ca-key`, as root, so keyd signs), and imported into
-certd as "ca". CreateCertificate then names the issuer as ("ca", "ca-key"): certd loads the key
-pair from keyd through the provider, as itself (root here). Nothing in the test depends on certd to
+certd as "ca". CreateCertificate then names the issuer as ("ca", <a key handle of ca-key>), as
+upstream's {certId, privateKeyHandle}: certd loads that key from keyd through the provider
+(aziot-key:handle/…); a key pair id in its place is refused. Nothing in the test depends on certd to
 make its own issuer. ConfiguredIssuanceTest then checks [cert_issuance] on its own: a self-signed
 local CA made by certd (CSR from keyd's key through the provider), leaves issued by it
 (method "local_ca"), self_signed leaves, subject and expiry overrides, hot reload.
@@ -182,10 +183,13 @@ class CertdTestCase(unittest.TestCase):
                      "AZIOT_KEYD_CONFIG_DIR": os.path.join(keyd_dir, "config.d"),
                      "AZIOT_LOG": "debug"},
                 wait_bus_name=KEYS_NAME)
-            for key_id in ("ca-key", "other-key"):
-                cls.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE,
-                                       "CreateKeyPairIfNotExists", "sasa{sv}",
-                                       [key_id, ["ec-p256"], {}], timeout=CALL_TIMEOUT)
+            # Key handles, as upstream's privateKeyHandle: holding one entitles to its key.
+            cls.handles = {
+                key_id: str(cls.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE,
+                                                   "CreateKeyPairIfNotExists", "sasa{sv}",
+                                                   [key_id, ["ec-p256"], {}],
+                                                   timeout=CALL_TIMEOUT))
+                for key_id in ("ca-key", "other-key")}
             cls.ca_pem = cls.make_ca("ca-key", "test CA")
         except BaseException:
             cls.stack.stop()
@@ -309,7 +313,8 @@ class CertdTestCase(unittest.TestCase):
             f.write(text)
         os.rename(tmp, os.path.join(self.config_dir, "principals.toml"))
 
-    def issue(self, cert_id, csr_pem, issuer=("ca", "ca-key")):
+    def issue(self, cert_id, csr_pem, issuer=None):
+        issuer = issuer or ("ca", self.handles["ca-key"])
         return str(self.call("CreateCertificate", cert_id, csr_pem,
                              {"issuer": dbus.Struct(issuer, signature="ss")}))
 
@@ -378,13 +383,19 @@ class IssuanceTest(CertdTestCase):
         _, csr = make_csr("device")
         self.assertFails(INVALID_PARAMETER,
                          'parameter "issuer.certId" has an invalid value\ncaused by: not found',
-                         self.issue, "device", csr, ("no-such-ca", "ca-key"))
+                         self.issue, "device", csr, ("no-such-ca", self.handles["ca-key"]))
         self.assertFails(INVALID_PARAMETER,
                          'parameter "issuer.privateKeyHandle" has an invalid value\n'
-                         'caused by: not found',
-                         self.issue, "device", csr, ("ca", "no-such-key"))
+                         'caused by: invalid handle',
+                         self.issue, "device", csr, ("ca", "sr=Zm9yZ2Vk&sig=" + "A" * 43 + "="))
+        # A key pair id is not a handle: it must not open the key.
+        self.assertFails(INVALID_PARAMETER,
+                         'parameter "issuer.privateKeyHandle" has an invalid value\n'
+                         'caused by: invalid handle',
+                         self.issue, "device", csr, ("ca", "ca-key"))
         # A key pair that exists but is not the issuer certificate's.
-        self.assertFails(INVALID_PARAMETER, None, self.issue, "device", csr, ("ca", "other-key"))
+        self.assertFails(INVALID_PARAMETER, None, self.issue, "device", csr,
+                         ("ca", self.handles["other-key"]))
         self.assertFails(NOT_FOUND, None, self.call, "GetCertificate", "device", {})
 
     def test_issuer_is_required(self):
@@ -398,7 +409,8 @@ class IssuanceTest(CertdTestCase):
                          {"issuer": "ca"})
         self.assertFails(INVALID_ARGS, None, self.call, "GetCertificate", "ca", {"nope": 1})
         self.assertFails(INVALID_ARGS, None, self.call, "ImportCertificate", "x", self.ca_pem,
-                         {"issuer": dbus.Struct(("ca", "ca-key"), signature="ss")})
+                         {"issuer": dbus.Struct(("ca", self.handles["ca-key"]),
+                                                signature="ss")})
 
 
 class ConfiguredIssuanceTest(CertdTestCase):
@@ -653,7 +665,7 @@ class AuthorizationTest(CertdTestCase):
         self.assertFails(NOT_AUTHORIZED, None, self.call_as, USER_A, "DeleteCertificate", "ca",
                          {})
         self.assertFails(NOT_AUTHORIZED, None, self.call_as, USER_A, "CreateCertificate", "x",
-                         csr, {"issuer": ["ca", "ca-key"]})
+                         csr, {"issuer": ["ca", self.handles["ca-key"]]})
         self.assertEqual(self.call("GetCertificate", "ca", {}), self.ca_pem)
         self.assertFails(NOT_FOUND, None, self.call, "GetCertificate", "x", {})
 
@@ -686,7 +698,7 @@ class AuthorizationTest(CertdTestCase):
         self.assertFails(NOT_AUTHORIZED,
                          f"user {self.uid_a} is not authorized to modify the certificate ca",
                          self.call_as, USER_A, "CreateCertificate", "dev-2", csr,
-                         {"issuer": ["ca", "ca-key"]})
+                         {"issuer": ["ca", self.handles["ca-key"]]})
         self.write_principals([(self.uid_a, ["dev-*", "ca"])])
         pem = None
 
@@ -694,7 +706,7 @@ class AuthorizationTest(CertdTestCase):
             nonlocal pem
             try:
                 pem = self.call_as(USER_A, "CreateCertificate", "dev-2", csr,
-                                   {"issuer": ["ca", "ca-key"]})
+                                   {"issuer": ["ca", self.handles["ca-key"]]})
                 return True
             except CallError as e:
                 if e.name != NOT_AUTHORIZED:
