@@ -26,7 +26,6 @@ AZIOT_PROVIDER_DIR.
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -99,13 +98,6 @@ except dbus.DBusException as e:
     print(json.dumps({"error": e.get_dbus_name(), "message": e.get_dbus_message()}))
 '''
 
-# Connects to an abstract Unix socket and stays there until the other end closes it.
-PEER = r"""
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("\0" + sys.argv[1])
-s.recv(1)
-"""
 
 
 class CallError(Exception):
@@ -737,13 +729,7 @@ polkit.addRule(function(action, subject) {{
 
     def peer_as(self, user):
         """A process running as user, connected to a socket we accept: (popen, our end)."""
-        address = f"aziot-certs-test-{secrets.token_hex(8)}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-            server.bind("\0" + address)
-            server.listen(1)
-            server.settimeout(10)
-            peer = self.stack.popen_as(user, [PYTHON, "-c", PEER, address])
-            conn, _ = server.accept()
+        peer, conn = self.stack.connected_peer_as(user)
         self.addCleanup(peer.wait, 10)
         self.addCleanup(conn.close)
         # UnixFd arguments hold duplicates of our end: shut it down for the peer to see the end.

@@ -49,7 +49,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import select
 import shutil
 import signal
@@ -232,13 +231,6 @@ Fd = keys_client.Fd
 KEYS_NAME, KEYS_PATH, KEYS_IFACE = keys_client.KEYS_NAME, keys_client.KEYS_PATH, \
     keys_client.KEYS_IFACE
 
-# Connects to an abstract Unix socket and stays there until the other end closes it.
-PEER = r"""
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("\0" + sys.argv[1])
-s.recv(1)
-"""
 
 
 class CallError(Exception):
@@ -551,13 +543,7 @@ class KeydTestCase(KeyStoreChecks, unittest.TestCase):
 
     def peer_as(self, user):
         """A process running as user, connected to a socket we accept: (popen, our end)."""
-        address = f"aziot-keys-test-{secrets.token_hex(8)}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-            server.bind("\0" + address)
-            server.listen(1)
-            server.settimeout(10)
-            peer = self.stack.popen_as(user, [PYTHON, "-c", PEER, address])
-            conn, _ = server.accept()
+        peer, conn = self.stack.connected_peer_as(user)
         self.peers.append((peer, conn))
         return peer, conn
 

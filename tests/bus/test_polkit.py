@@ -12,7 +12,6 @@ Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOT_POLKIT_PROB
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -66,13 +65,6 @@ except dbus.DBusException as e:
     print(json.dumps({"error": e.get_dbus_name(), "message": e.get_dbus_message()}))
 """ % (NAME, PATH, IFACE)
 
-# Connects to an abstract Unix socket and stays there until the other end closes it.
-PEER = r"""
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("\0" + sys.argv[1])
-s.recv(1)
-"""
 
 # Python in a child: the one with dbus-python, whatever python3 is on PATH.
 PYTHON = "/usr/bin/python3"
@@ -172,13 +164,7 @@ class StackTestCase(unittest.TestCase):
     def peer_as(self, user):
         """A process running as user, connected to a socket we accept: returns (popen, our end
         of the connection), whose SO_PEERCRED names that process."""
-        address = f"aziot-test-{secrets.token_hex(8)}"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-            server.bind("\0" + address)
-            server.listen(1)
-            server.settimeout(10)
-            peer = self.stack.popen_as(user, [PYTHON, "-c", PEER, address])
-            conn, _ = server.accept()
+        peer, conn = self.stack.connected_peer_as(user)
         self.peers.append((peer, conn))
         return peer, conn
 

@@ -44,6 +44,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -78,6 +79,15 @@ SYNC_RULES = "zz-aziot-harness-sync.rules"
 FINISHED_LOADING = "Finished loading, compiling and executing"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# Connects to an abstract Unix socket and stays there until the other end closes it.
+_PEER_SCRIPT = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\0" + sys.argv[1])
+s.recv(1)
+"""
 
 
 class HarnessError(Exception):
@@ -493,6 +503,20 @@ class Stack:
                                  env=self._user_env(user, env), **kwargs)
         self._extra_popens.append(popen)
         return popen
+
+    def connected_peer_as(self, user, groups=None):
+        """A process running as user, connected to a Unix socket this process accepted: returns
+        (popen, our end of the connection), whose SO_PEERCRED names that process, which stays until
+        our end is shut down. For passing a client's socket ("client-socket") in tests."""
+        address = f"aziot-peer-{secrets.token_hex(8)}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind("\0" + address)
+            server.listen(1)
+            server.settimeout(10)
+            peer = self.popen_as(user, [sys.executable, "-c", _PEER_SCRIPT, address],
+                                 groups=groups)
+            conn, _ = server.accept()
+        return peer, conn
 
     def _user_env(self, user, extra):
         pw = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
