@@ -12,6 +12,7 @@
 #include "bus-util.h"
 #include "bus.h"
 #include "config.h"
+#include "certs-routes.h"
 #include "http-server.h"
 #include "keys-routes.h"
 #include "log.h"
@@ -27,7 +28,7 @@ static const struct {
         const Service *service;
 } sockets[] = {
         { "keyd", &keys_service },
-        { "certd", NULL },
+        { "certd", &certs_service },
         { "identityd", NULL },
         { "tpmd", NULL },
 };
@@ -64,7 +65,7 @@ static void help(void)
                "Serves the local HTTP APIs of the Azure IoT Identity Service over Unix sockets,\n"
                "translating each request into D-Bus calls of the aziot services.\n\n"
                "  --keyd-socket PATH       serve keyd.sock at PATH\n"
-               "  --certd-socket PATH      (not served yet)\n"
+               "  --certd-socket PATH      serve certd.sock at PATH\n"
                "  --identityd-socket PATH  (not served yet)\n"
                "  --tpmd-socket PATH       (not served yet)\n"
                "  -h, --help               show this help\n"
@@ -193,7 +194,7 @@ static int check_served(const Context *c)
         }
         if (n == 0) {
                 log_error("Nothing to serve: pass sockets by socket activation or use "
-                          "--keyd-socket PATH.");
+                          "--keyd-socket PATH or --certd-socket PATH.");
                 return -EINVAL;
         }
         return 0;

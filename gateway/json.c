@@ -872,6 +872,16 @@ static int read_field(JsonReader *r, const JsonField *f, JsonFieldValue *v)
                 if (k != 0)
                         return k < 0 ? k : 0;
         }
+        if (f->type == JSON_FIELD_STRUCT) {
+                JsonFieldValue *sub = calloc(f->n_fields, sizeof(*sub));
+
+                if (!sub)
+                        return -ENOMEM;
+                v->data = (char *)sub;
+                v->len = f->n_fields;
+                v->present = true;
+                return json_read_struct(r, f->expecting, f->fields, f->n_fields, sub, NULL, NULL);
+        }
         k = json_read_string(r, field_expecting(f), &v->data, &v->len);
         if (k < 0)
                 return k;
@@ -1081,6 +1091,9 @@ int json_read_struct(JsonReader *r, const char *expecting, const JsonField *fiel
 void json_field_values_done(const JsonField *fields, JsonFieldValue *values, size_t n)
 {
         for (size_t i = 0; i < n; i++) {
+                if (fields[i].type == JSON_FIELD_STRUCT && values[i].data)
+                        json_field_values_done(fields[i].fields, (JsonFieldValue *)values[i].data,
+                                               fields[i].n_fields);
                 if (fields[i].type != JSON_FIELD_FLATTEN && values[i].data) {
                         explicit_bzero(values[i].data, values[i].len);
                         free(values[i].data);

@@ -69,6 +69,7 @@ typedef enum JsonFieldType {
         JSON_FIELD_STRING,  /* a JSON string */
         JSON_FIELD_BYTES,   /* a JSON string holding strict base64 ("a base64-encoded string") */
         JSON_FIELD_FLATTEN, /* member of a #[serde(flatten)] enum: only kept as raw JSON text */
+        JSON_FIELD_STRUCT,  /* a nested struct: data holds len JsonFieldValues of its fields */
 } JsonFieldType;
 
 typedef struct JsonField {
@@ -78,6 +79,10 @@ typedef struct JsonField {
         /* An extra check of a string member (a custom serde error), or NULL. Returns 0, or -EINVAL
          * with the message written. */
         int (*check)(const char *s, size_t len, char *message, size_t size);
+        /* JSON_FIELD_STRUCT: the nested struct's fields and serde's name for it ("struct X"). */
+        const struct JsonField *fields;
+        size_t n_fields;
+        const char *expecting;
 } JsonField;
 
 typedef struct JsonFieldValue {

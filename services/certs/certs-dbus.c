@@ -97,7 +97,7 @@ static int check_delegation(Manager *m, sd_bus_message *msg, const CertsOptions 
 static int reply_not_authorized(sd_bus_error *error, uid_t uid, const char *id)
 {
         return sd_bus_error_setf(error, CERTS_ERROR_NOT_AUTHORIZED,
-                                 "user %u is not authorized to modify the certificate %s",
+                                 "user %u is not authorized to modify the cert %s",
                                  (unsigned)uid, id);
 }
 

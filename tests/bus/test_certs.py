@@ -651,7 +651,7 @@ class AuthorizationTest(CertdTestCase):
 
     def test_changes_are_denied(self):
         _, csr = make_csr("device")
-        message = f"user {self.uid_a} is not authorized to modify the certificate x"
+        message = f"user {self.uid_a} is not authorized to modify the cert x"
         self.assertFails(NOT_AUTHORIZED, message, self.call_as, USER_A, "ImportCertificate", "x",
                          self.ca_pem, {})
         self.assertFails(NOT_AUTHORIZED, None, self.call_as, USER_A, "DeleteCertificate", "ca",
@@ -688,7 +688,7 @@ class AuthorizationTest(CertdTestCase):
         # Issuing needs the issuer's certificate id too.
         _, csr = make_csr("dev-2")
         self.assertFails(NOT_AUTHORIZED,
-                         f"user {self.uid_a} is not authorized to modify the certificate ca",
+                         f"user {self.uid_a} is not authorized to modify the cert ca",
                          self.call_as, USER_A, "CreateCertificate", "dev-2", csr,
                          {"issuer": ["ca", self.handles["ca-key"]]})
         self.write_principals([(self.uid_a, ["dev-*", "ca"])])
@@ -742,7 +742,7 @@ polkit.addRule(function(action, subject) {{
         fd = {"client-socket": dbus.types.UnixFd(conn.fileno())}
         self.assertEqual(self.call("GetCertificate", "ca", fd), self.ca_pem)
         self.assertFails(NOT_AUTHORIZED,
-                         f"user {self.uid_a} is not authorized to modify the certificate x",
+                         f"user {self.uid_a} is not authorized to modify the cert x",
                          self.call, "ImportCertificate", "x", self.ca_pem, fd)
         self.write_principals([(self.uid_a, ["x"])])
 

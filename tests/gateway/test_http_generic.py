@@ -388,7 +388,7 @@ class Lifecycle(GatewayTestCase):
                               text=True, timeout=10, **kw)
 
     def test_refuses_unserved_sockets(self):
-        for name in ["certd", "identityd", "tpmd"]:
+        for name in ["identityd", "tpmd"]:
             r = self.run_gateway([f"--{name}-socket", os.path.join(self.tmp, f"{name}.sock")])
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(f"does not serve {name}.sock yet", r.stdout + r.stderr)
@@ -422,8 +422,25 @@ class Lifecycle(GatewayTestCase):
         self.assertEqual(p.wait(5), 0)
         self.assertFalse(os.path.exists(path))
 
+    def test_serves_keyd_and_certd_at_once(self):
+        keyd, certd = (os.path.join(self.tmp, f"both-{n}.sock") for n in ("keyd", "certd"))
+        p, _ = self.start_gateway(["--keyd-socket", keyd, "--certd-socket", certd])
+        wait_for(lambda: os.path.exists(keyd) and os.path.exists(certd))
+        # Each socket has its own api-versions: 2021-05-01 is keyd's only.
+        for path, status, body in [
+                (keyd, 404, b'{"message":"not found"}'),
+                (certd, 400, b'{"message":"invalid api-version \\"2021-05-01\\""}')]:
+            c = Connection(path)
+            c.send(request_bytes("GET", "/nope?api-version=2021-05-01"))
+            r = c.read_response()
+            c.close()
+            self.assertEqual((r.status, r.body), (status, body), path)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(5), 0)
+        self.assertFalse(os.path.exists(keyd) or os.path.exists(certd))
+
     def test_socket_activation(self):
-        for name, ok in [("keyd", True), ("certd", False), ("bogus", False)]:
+        for name, ok in [("keyd", True), ("certd", True), ("bogus", False)]:
             with self.subTest(name=name):
                 path = os.path.join(self.tmp, f"act-{name}.sock")
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -439,8 +456,10 @@ class Lifecycle(GatewayTestCase):
                 self.procs.append(p)
                 if ok:
                     c = Connection(path)
-                    c.send(request_bytes("GET", f"/nope?{API}"))
-                    self.assertEqual(c.read_response().status, 404)
+                    # 2020-09-01 is an api-version of both keyd.sock and certd.sock.
+                    c.send(request_bytes("GET", "/nope?api-version=2020-09-01"))
+                    r = c.read_response()
+                    self.assertEqual((r.status, r.body), (404, b'{"message":"not found"}'))
                     c.close()
                     p.send_signal(signal.SIGTERM)
                     self.assertEqual(p.wait(5), 0)

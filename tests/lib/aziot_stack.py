@@ -133,3 +133,88 @@ def up(stack):
     services.start()
     print(services.describe(), flush=True)
     return services
+
+
+CERTS_BUS_NAME = "org.aziot.Certificates1"
+
+
+class CertsServices:
+    """certd (D-Bus activatable, with the OpenSSL provider of the build for keys held by keyd) and
+    the gateway on certd.sock, next to a KeysServices started without its gateway. certd's home is
+    run_dir/certd, its configuration run_dir/config/certd (principals: config.d/principals.toml,
+    rewritable by tests), its socket run_dir/sockets/certd.sock."""
+
+    def __init__(self, stack, certd_args=(), certd_env=None, gateway_env=None, principals=()):
+        self.stack = stack
+        self.run_dir = stack.run_dir
+        self.build_dir = stack.build_dir
+        self.certd_home = os.path.join(self.run_dir, "certd")
+        self.config_dir = os.path.join(self.run_dir, "config", "certd")
+        self.config_file = os.path.join(self.config_dir, "config.toml")
+        self.config_d = os.path.join(self.config_dir, "config.d")
+        self.socket_dir = os.path.join(self.run_dir, "sockets")
+        self.certd_socket = os.path.join(self.socket_dir, "certd.sock")
+        self.certd_args = list(certd_args)
+        self.certd_env = dict(certd_env or {})
+        self.gateway_env = dict(gateway_env or {})
+        self.principals = list(principals)
+        self.gateway = None
+
+    @property
+    def certd_binary(self):
+        return os.path.join(self.build_dir, "services", "certs", "aziot-certd")
+
+    @property
+    def gateway_binary(self):
+        return os.path.join(self.build_dir, "gateway", "aziot-gatewayd")
+
+    @property
+    def provider_dir(self):
+        return os.path.join(self.build_dir, "provider")
+
+    def config_env(self):
+        return {
+            "AZIOT_CERTD_CONFIG": self.config_file,
+            "AZIOT_CERTD_CONFIG_DIR": self.config_d,
+        }
+
+    def write_principals(self, entries):
+        """Replaces config.d/principals.toml (atomically) with [[principal]] uid, certs globs."""
+        text = "".join(f"[[principal]]\nuid = {int(uid)}\ncerts = [" +
+                       ", ".join(f'"{g}"' for g in globs) + "]\n\n" for uid, globs in entries)
+        tmp = os.path.join(self.config_dir, ".principals.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.config_d, "principals.toml"))
+
+    def write_config(self, max_requests=None):
+        os.makedirs(self.certd_home, mode=0o700, exist_ok=True)
+        os.makedirs(self.config_d, mode=0o700, exist_ok=True)
+        os.makedirs(self.socket_dir, mode=0o755, exist_ok=True)
+        lines = []
+        if max_requests is not None:
+            lines.append(f"max_requests = {int(max_requests)}")
+        lines += [f'homedir_path = "{self.certd_home}"', ""]
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines))
+        self.write_principals(self.principals)
+
+    def start(self, max_requests=None, gateway=True):
+        self.write_config(max_requests)
+        env = dict(self.config_env())
+        env["OPENSSL_MODULES"] = self.provider_dir
+        env.update(self.certd_env)
+        self.stack.write_service_file(CERTS_BUS_NAME, [self.certd_binary, *self.certd_args],
+                                      env=env)
+        if gateway:
+            self.start_gateway()
+
+    def start_gateway(self):
+        env = dict(self.config_env())
+        env.update(self.gateway_env)
+        self.gateway = self.stack.start_process(
+            "gateway-certd", [self.gateway_binary, "--certd-socket", self.certd_socket], env=env)
+        aziot_harness._wait_until(lambda: os.path.exists(self.certd_socket), 10,
+                                  "the gateway's certd socket",
+                                  on_timeout=lambda: self.gateway.log())
+        return self.gateway

@@ -187,6 +187,84 @@ static void test_struct_values(void **state)
         json_field_values_done(create_fields, v, 3);
 }
 
+static const JsonField issuer_fields[] = {
+        { "certId", JSON_FIELD_STRING },
+        { "privateKeyHandle", JSON_FIELD_STRING },
+};
+static const JsonField create_cert_fields[] = {
+        { "certId", JSON_FIELD_STRING },
+        { "issuer", JSON_FIELD_STRUCT, .optional = true, .fields = issuer_fields,
+          .n_fields = 2, .expecting = "struct Issuer" },
+};
+
+/* Decodes text as create_cert_fields into v; returns "ok" or the error text. */
+static char *decode_cert(const char *text, JsonFieldValue *v)
+{
+        Buffer b = {};
+        JsonError e;
+
+        memset(v, 0, 2 * sizeof(JsonFieldValue));
+        if (json_decode_body(text, strlen(text), "struct Request", create_cert_fields, 2, v, &e,
+                             NULL, NULL) >= 0)
+                return strdup("ok");
+        json_error_append(&b, &e);
+        return b.data;
+}
+
+static void check_cert(const char *text, const char *expected)
+{
+        JsonFieldValue v[2];
+        char *got = decode_cert(text, v);
+
+        print_message("%s\n", text);
+        assert_string_equal(got, expected);
+        json_field_values_done(create_cert_fields, v, 2);
+        free(got);
+}
+
+/* A nested struct (certd's issuer {certId, privateKeyHandle}): read as serde reads Option<Issuer>,
+ * its errors where they occur inside it. */
+static void test_nested_struct(void **state)
+{
+        JsonFieldValue v[2];
+        const JsonFieldValue *issuer;
+        char *got;
+
+        got = decode_cert("{\"certId\":\"x\",\"issuer\":{\"z\":[],\"certId\":\"ca\","
+                          "\"privateKeyHandle\":\"h\"}}",
+                          v);
+        assert_string_equal(got, "ok");
+        free(got);
+        assert_true(v[1].present);
+        issuer = (const JsonFieldValue *)v[1].data;
+        assert_string_equal(issuer[0].data, "ca");
+        assert_string_equal(issuer[1].data, "h");
+        json_field_values_done(create_cert_fields, v, 2);
+
+        got = decode_cert("{\"certId\":\"x\",\"issuer\":null}", v);
+        assert_string_equal(got, "ok");
+        free(got);
+        assert_true(v[1].seen);
+        assert_false(v[1].present);
+        json_field_values_done(create_cert_fields, v, 2);
+
+        check_cert("{\"certId\":\"x\",\"issuer\":[\"ca\",\"h\"]}", "ok");
+        check_cert("{\"certId\":\"x\"}", "ok");
+        check_cert("{\"certId\":\"x\",\"issuer\":{\"certId\":\"ca\"}}",
+                   "missing field `privateKeyHandle` at line 1 column 38");
+        check_cert("{\"certId\":\"x\",\"issuer\":{\"certId\":1}}",
+                   "invalid type: integer `1`, expected a string at line 1 column 34");
+        check_cert("{\"certId\":\"x\",\"issuer\":\"ca\"}",
+                   "invalid type: string \"ca\", expected struct Issuer at line 1 column 27");
+        check_cert("{\"certId\":\"x\",\"issuer\":{},\"issuer\":{}}",
+                   "missing field `certId` at line 1 column 25");
+        check_cert("{\"issuer\":{\"certId\":\"a\",\"privateKeyHandle\":\"h\"},\"issuer\":null,"
+                   "\"certId\":\"x\"}",
+                   "duplicate field `issuer` at line 1 column 56");
+        check_cert("{\"issuer\":{\"certId\":\"a\",\"privateKeyHandle\":\"h\"}}",
+                   "missing field `certId` at line 1 column 48");
+}
+
 static const JsonField sign_fields[] = {
         { "keyHandle", JSON_FIELD_STRING },
         { "algorithm", JSON_FIELD_FLATTEN },
@@ -382,6 +460,7 @@ int main(void)
                 cmocka_unit_test(test_deep_nesting),
                 cmocka_unit_test(test_struct_errors),
                 cmocka_unit_test(test_struct_values),
+                cmocka_unit_test(test_nested_struct),
                 cmocka_unit_test(test_flattened_enum),
                 cmocka_unit_test(test_recursion_limit),
                 cmocka_unit_test(test_writer),

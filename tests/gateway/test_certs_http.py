@@ -1,0 +1,627 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""certd.sock end to end: HTTP clients (raw sockets, curl, processes of the harness's test users)
+→ aziot-gatewayd → the real aziot-certd, D-Bus activated on a private system bus with our policy,
+next to the real aziot-keyd (which holds the test CA's key) and the real polkitd
+(aziot_harness.Stack + aziot_stack.KeysServices and CertsServices; one stack per class).
+
+The test CA: key pair "ca-key" made by keyd, its self-signed certificate made by the openssl
+command line through our provider (as tests/bus/test_certs.py makes it), imported with PUT as "ca".
+POST /certificates names it as issuer {certId: "ca", privateKeyHandle: <keyd's handle of ca-key>}.
+Issued certificates are checked with `openssl verify` and python-cryptography; what certd stored
+by the upstream file name rule (spec §3.6); every status, header and message against spec
+§1.3/§1.4/§3.1-§3.3, and every answer against interfaces/certs.yaml.
+
+Where certd deliberately differs from upstream it is asserted as such: PUT refuses a body that is
+not PEM certificates (400 'parameter "pem" has an invalid value\\ncaused by: not PEM
+certificates'; upstream stores anything — docs/design.md says why).
+
+Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
+KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
+CERTD = os.path.join(BUILD_DIR, "services", "certs", "aziot-certd")
+PROVIDER_DIR = os.path.join(BUILD_DIR, "provider")
+
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+import aziot_harness  # noqa: E402
+import aziot_openapi  # noqa: E402
+import aziot_stack  # noqa: E402
+from aziot_http import Agent, AgentError, Connection, Response, parse_head, \
+    request_bytes  # noqa: E402
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+API = "2020-09-01"
+CERTS_GROUP = "aziotcs"
+KEYS_GROUP = "aziotks"
+KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
+USER_A, USER_B = aziot_harness.TEST_USERS
+PROVIDER = ["-provider-path", PROVIDER_DIR, "-provider", "aziot", "-provider", "default"]
+POLL_TIMEOUT = 10
+NOT_FOUND = 'parameter "id" has an invalid value\ncaused by: not found'
+INTERNAL = "internal error"
+
+OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "certs.yaml"))
+
+
+def bad_param(name, cause=None):
+    text = f'parameter "{name}" has an invalid value'
+    return text if cause is None else f"{text}\ncaused by: {cause}"
+
+
+def not_authorized(uid, cert_id):
+    return f"user {uid} is not authorized to modify the cert {cert_id}"
+
+
+def upstream_file_name(cert_id):
+    """Spec §3.6: the id's ASCII letters and digits, "-", hex SHA-256 of the id, ".cer"."""
+    alnum = "".join(c for c in cert_id if c.isascii() and c.isalnum())
+    return f"{alnum}-{hashlib.sha256(cert_id.encode()).hexdigest()}.cer"
+
+
+def pem_blocks(pem):
+    end = "-----END CERTIFICATE-----"
+    return [x509.load_pem_x509_certificate((b + end).encode())
+            for b in pem.split(end) if "-----BEGIN CERTIFICATE-----" in b]
+
+
+def make_csr(common_name):
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+           .sign(key, hashes.SHA256()))
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def poll(predicate, what, timeout=POLL_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class CertsHttpTestCase(unittest.TestCase):
+    """A stack per class: bus, polkitd, keyd and certd activatable (no idle exit) and the gateway
+    on run_dir/sockets/certd.sock, mode 0660 and group aziotcs as a packaged socket unit makes
+    it."""
+
+    @classmethod
+    def setUpClass(cls):
+        for exe in (GATEWAYD, KEYD, CERTD):
+            if not os.access(exe, os.X_OK):
+                raise unittest.SkipTest(f"{exe} is not built")
+        if not os.path.isdir(PROVIDER_DIR):
+            raise unittest.SkipTest(f"{PROVIDER_DIR} is not built")
+        users = aziot_harness.ensure_test_users()
+        cls.uid_a, cls.uid_b = users[USER_A].pw_uid, users[USER_B].pw_uid
+        cls.certs_gid = aziot_harness.ensure_group(CERTS_GROUP).gr_gid
+        aziot_harness.ensure_group(KEYS_GROUP)
+        cls.run_dir = tempfile.mkdtemp(prefix="aziot-gwc-", dir="/tmp")
+        os.chmod(cls.run_dir, 0o755)
+        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
+        cls.failed = False
+        try:
+            cls.stack.start()
+            cls.keys = aziot_stack.KeysServices(cls.stack, keyd_args=["--idle-timeout=0"],
+                                                keyd_env={"AZIOT_LOG": "debug"})
+            cls.keys.start(gateway=False)
+            cls.services = aziot_stack.CertsServices(
+                cls.stack, certd_args=["--idle-timeout=0"], certd_env={"AZIOT_LOG": "debug"},
+                gateway_env={"AZIOT_LOG": "debug"})
+            cls.services.start()
+            cls.sock = cls.services.certd_socket
+            os.chown(cls.sock, 0, cls.certs_gid)
+            cls.certs_dir = os.path.join(cls.services.certd_home, "certs")
+            conn = cls.stack.bus()
+            cls.handles = {
+                key_id: str(conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE,
+                                               "CreateKeyPairIfNotExists", "sasa{sv}",
+                                               [key_id, ["ec-p256"], {}], timeout=20))
+                for key_id in ("ca-key", "other-key")}
+            cls.ca_pem = cls.make_ca("ca-key", "test CA")
+            cls.put_from_setup("ca", cls.ca_pem)
+        except BaseException:
+            cls.stack.stop()
+            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+        logs = os.path.join(cls.run_dir, "logs")
+        reports = []
+        for name in sorted(os.listdir(logs)):
+            text = aziot_harness._read_text(os.path.join(logs, name))
+            if "Sanitizer" in text or "runtime error:" in text:
+                reports.append(f"--- {name}\n{text}")
+        if cls.failed or reports:
+            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(cls.run_dir, ignore_errors=True)
+        if reports:
+            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
+
+    def run(self, result=None):
+        def problems(r):
+            return len(r.failures) + len(r.errors) if r is not None else 0
+        before = problems(result)
+        result = super().run(result)
+        if problems(result) > before:
+            type(self).failed = True
+        return result
+
+    @classmethod
+    def openssl(cls, *args, check=True):
+        env = cls.stack.child_env({"OPENSSL_MODULES": PROVIDER_DIR})
+        env.pop("OPENSSL_CONF", None)
+        r = subprocess.run(["openssl", *args], env=env, capture_output=True, text=True,
+                           timeout=30, cwd=cls.run_dir)
+        if check and r.returncode != 0:
+            raise AssertionError(f"openssl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+        return r
+
+    @classmethod
+    def make_ca(cls, key_pair_id, name):
+        out = os.path.join(cls.run_dir, f"{key_pair_id}.pem")
+        cls.openssl("req", "-new", "-x509", *PROVIDER, "-key", f"aziot-key:pair/{key_pair_id}",
+                    "-subj", f"/CN={name}", "-days", "365", "-sha256",
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+                    "-out", out)
+        with open(out) as f:
+            return f.read()
+
+    @classmethod
+    def put_from_setup(cls, cert_id, pem):
+        c = Connection(cls.sock)
+        try:
+            c.send(request_bytes("PUT", f"/certificates/{cert_id}?api-version={API}",
+                                 {"pem": pem}))
+            r = c.read_response()
+        finally:
+            c.close()
+        if r.status != 201:
+            raise AssertionError(f"PUT {cert_id}: {r.status} {r.body[:300]!r}")
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def http(self, method, path, body=None, version=API, via=None,
+             content_type="application/json", raw=None):
+        """One request on a new connection (via: an Agent, to ask as its user); the answer is
+        checked against certs.yaml."""
+        target = path if version is None else \
+            f"{path}{'&' if '?' in path else '?'}api-version={version}"
+        c = via.connect(self.sock) if via else Connection(self.sock)
+        try:
+            if raw is not None:
+                c.send(raw(target))
+            else:
+                c.send(request_bytes(method, target, body, None, content_type))
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertDocumented(method, path, r, body)
+        return r
+
+    def assertDocumented(self, method, path, r, body=None):
+        request = body if isinstance(body, dict) else None
+        self.assertEqual(OPENAPI.response_errors(method, path, r, request), [],
+                         f"{method} {path} -> {r.status} {r.body[:300]!r}")
+
+    def assertJsonHeaders(self, r):
+        self.assertIn(b"\r\ncontent-type: application/json\r\n", r.raw_head + b"\r\n")
+        self.assertEqual(r.header("content-type"), b"application/json")
+        self.assertEqual(int(r.header("content-length")), len(r.body))
+
+    def ok(self, method, path, body=None, status=200, via=None):
+        r = self.http(method, path, body, via=via)
+        self.assertEqual(r.status, status, f"{method} {path}: {r.body[:300]!r}")
+        self.assertJsonHeaders(r)
+        return r.json()
+
+    def assertNoContent(self, r):
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(r.body, b"")
+        self.assertIn(r.header("content-length"), (None, b"0"))
+        self.assertIsNone(r.header("content-type"))
+
+    def assertError(self, r, status, message):
+        self.assertEqual(r.status, status, r.body)
+        self.assertJsonHeaders(r)
+        self.assertEqual(r.json(), {"message": message})
+
+    def curl(self, method, path, body=None, user=None):
+        argv = ["curl", "-sS", "-i", "--unix-socket", self.sock, "-X", method,
+                f"http://certd.sock{path}?api-version={API}"]
+        if body is not None:
+            argv += ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"]
+        if user is None:
+            out = subprocess.run(argv, capture_output=True, timeout=30)
+        else:
+            out = self.stack.run_as(user, argv, groups=[CERTS_GROUP], text=False)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        head, _, body_bytes = out.stdout.partition(b"\r\n\r\n")
+        status, reason, headers = parse_head(head)
+        r = Response(status, reason, headers, body_bytes, head)
+        self.assertDocumented(method, path, r, body)
+        return r
+
+    def agent_as(self, user, groups=(CERTS_GROUP,)):
+        log = open(os.path.join(self.run_dir, "logs", f"agent-{user}.log"), "ab")
+        self.addCleanup(log.close)
+        popen = self.stack.popen_as(user, Agent.argv(),
+                                    groups=list(groups) if groups is not None else None,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                    text=True)
+        agent = Agent(popen)
+        self.addCleanup(agent.close)
+        return agent
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def stored(self, cert_id):
+        path = os.path.join(self.certs_dir, upstream_file_name(cert_id))
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read()
+
+    def verify(self, pem):
+        """openssl verify of the first certificate of pem against the test CA."""
+        d = tempfile.mkdtemp(dir=self.run_dir)
+        self.addCleanup(shutil.rmtree, d, True)
+        leaf, ca = os.path.join(d, "leaf.pem"), os.path.join(d, "ca.pem")
+        with open(leaf, "w") as f:
+            f.write(pem_blocks(pem)[0].public_bytes(serialization.Encoding.PEM).decode())
+        with open(ca, "w") as f:
+            f.write(self.ca_pem)
+        return self.openssl("verify", "-CAfile", ca, leaf, check=False)
+
+    def create_body(self, cert_id, csr, issuer=("ca", None)):
+        body = {"certId": cert_id, "csr": csr}
+        if issuer is not None:
+            body["issuer"] = {"certId": issuer[0],
+                              "privateKeyHandle": self.handles["ca-key"] if issuer[1] is None
+                              else issuer[1]}
+        return body
+
+    def gateway_log(self):
+        return aziot_harness._read_text(os.path.join(self.run_dir, "logs", "gateway-certd.log"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class RoutesTest(CertsHttpTestCase):
+    def test_import_get_delete_round_trip(self):
+        pem = self.ca_pem + "\n" + self.ca_pem  # a chain: stored and served verbatim
+        self.assertEqual(self.ok("PUT", "/certificates/round-trip", {"pem": pem}, 201),
+                         {"pem": pem})
+        self.assertEqual(self.stored("round-trip"), pem)
+        self.assertEqual(self.ok("GET", "/certificates/round-trip"), {"pem": pem})
+        # PUT replaces.
+        self.assertEqual(self.ok("PUT", "/certificates/round-trip", {"pem": self.ca_pem}, 201),
+                         {"pem": self.ca_pem})
+        self.assertEqual(self.ok("GET", "/certificates/round-trip"), {"pem": self.ca_pem})
+        self.assertNoContent(self.http("DELETE", "/certificates/round-trip"))
+        self.assertIsNone(self.stored("round-trip"))
+        self.assertError(self.http("GET", "/certificates/round-trip"), 400, NOT_FOUND)
+        # Deleting what does not exist succeeds, as upstream.
+        self.assertNoContent(self.http("DELETE", "/certificates/round-trip"))
+
+    def test_keep_alive(self):
+        """Several requests on one connection, pipelined, answered in order."""
+        c = Connection(self.sock)
+        self.addCleanup(c.close)
+        target = f"/certificates/kept?api-version={API}"
+        c.send(request_bytes("PUT", target, {"pem": self.ca_pem}) +
+               request_bytes("GET", target) + request_bytes("DELETE", target) +
+               request_bytes("GET", target))
+        answers = [c.read_response() for _ in range(4)]
+        self.assertEqual([r.status for r in answers], [201, 200, 204, 400])
+        self.assertEqual(answers[1].json(), {"pem": self.ca_pem})
+        self.assertEqual(answers[3].json(), {"message": NOT_FOUND})
+        self.assertIsNone(self.stored("kept"))
+
+    def test_percent_encoded_ids(self):
+        self.ok("PUT", "/certificates/a%20b%2Fc", {"pem": self.ca_pem}, 201)
+        self.assertEqual(self.stored("a b/c"), self.ca_pem)
+        self.assertEqual(self.ok("GET", "/certificates/a%20b%2Fc"), {"pem": self.ca_pem})
+        self.assertNoContent(self.http("DELETE", "/certificates/a%20b%2Fc"))
+        self.assertIsNone(self.stored("a b/c"))
+
+    def test_create_with_an_explicit_issuer(self):
+        key, csr = make_csr("device-1")
+        answer = self.ok("POST", "/certificates", self.create_body("device-1", csr), 201)
+        pem = answer["pem"]
+        certs = pem_blocks(pem)
+        self.assertEqual(len(certs), 2)
+        leaf, chain = certs
+        r = self.verify(pem)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(chain, pem_blocks(self.ca_pem)[0])
+        self.assertEqual(leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
+                         "device-1")
+        self.assertEqual(leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
+                         "test CA")
+        self.assertEqual(leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+            key.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.assertEqual(self.stored("device-1"), pem)
+        self.assertEqual(self.ok("GET", "/certificates/device-1"), {"pem": pem})
+        # Created again: replaced by a new certificate.
+        again = self.ok("POST", "/certificates", self.create_body("device-1", csr), 201)["pem"]
+        self.assertNotEqual(again, pem)
+        self.assertEqual(self.stored("device-1"), again)
+        self.assertNoContent(self.http("DELETE", "/certificates/device-1"))
+
+    def test_create_without_an_issuer(self):
+        _, csr = make_csr("lonely")
+        # No issuer and no [cert_issuance] for the id: upstream's 500.
+        self.assertError(self.http("POST", "/certificates", self.create_body("lonely", csr, None)),
+                         500, INTERNAL)
+        self.assertError(self.http("POST", "/certificates",
+                                   dict(self.create_body("lonely", csr, None), issuer=None)),
+                         500, INTERNAL)
+        self.assertIsNone(self.stored("lonely"))
+
+    def test_curl_as_a_user_would(self):
+        _, csr = make_csr("curl-1")
+        r = self.curl("POST", "/certificates", self.create_body("curl-1", csr))
+        self.assertEqual(r.status, 201, r.body)
+        pem = r.json()["pem"]
+        self.assertEqual(self.verify(pem).returncode, 0)
+        r = self.curl("GET", "/certificates/curl-1")
+        self.assertEqual((r.status, r.json()), (200, {"pem": pem}))
+        r = self.curl("DELETE", "/certificates/curl-1")
+        self.assertEqual((r.status, r.body), (204, b""))
+        self.assertIsNone(self.stored("curl-1"))
+
+
+class InterfaceDocumentTest(unittest.TestCase):
+    def test_document_lists_every_route_of_the_table(self):
+        with open(os.path.join(SOURCE_DIR, "gateway", "certs-routes.c")) as f:
+            source = f.read()
+        table = re.search(r"certs_routes\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        routes = {(m, p.replace("*", "{certId}"))
+                  for m, p in re.findall(r'HTTP_(\w+), "([^"]+)"', table)}
+        documented = set(OPENAPI.operations)
+        self.assertEqual(routes, documented)
+
+
+class BadInputTest(CertsHttpTestCase):
+    def test_api_version_missing_or_unknown(self):
+        self.assertError(self.http("GET", "/certificates/ca", version=None), 400,
+                         "api-version not specified")
+        for version in ("2021-05-01", "2020-09-02", ""):
+            with self.subTest(version=version):
+                self.assertError(self.http("GET", "/certificates/ca", version=version), 400,
+                                 f'invalid api-version "{version}"')
+        # The last one wins.
+        r = self.http("GET", "/certificates/ca?api-version=2021-05-01")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertError(self.http("GET", f"/certificates/ca?api-version={API}",
+                                   version="2021-05-01"), 400, 'invalid api-version "2021-05-01"')
+
+    def test_unknown_routes_and_methods(self):
+        for path in ("/certificate", "/certificates/", "/certificates/a/b", "/", "/key/ca",
+                     "/certificates/%FF"):
+            with self.subTest(path=path):
+                self.assertError(self.http("GET", path), 404, "not found")
+        for method, path in (("GET", "/certificates"), ("DELETE", "/certificates"),
+                             ("PUT", "/certificates"), ("POST", "/certificates/ca"),
+                             ("PATCH", "/certificates/ca"), ("OPTIONS", "/certificates")):
+            with self.subTest(method=method, path=path):
+                body = {"pem": self.ca_pem} if method == "PUT" else None
+                self.assertError(self.http(method, path, body), 400, "method not allowed")
+        self.assertEqual(self.stored("ca"), self.ca_pem)
+
+    def test_missing_and_mistyped_fields(self):
+        _, csr = make_csr("x")
+        cases = [
+            ("{}", "missing field `certId` at line 1 column 2"),
+            ('{"certId": "x"}', "missing field `csr` at line 1 column 15"),
+            ('{"csr": "c"}', "missing field `certId` at line 1 column 12"),
+            ('{"certId": 1, "csr": "c"}',
+             "invalid type: integer `1`, expected a string at line 1 column 12"),
+            ('{"certId": "x", "csr": "c", "issuer": "ca"}',
+             'invalid type: string "ca", expected struct Issuer at line 1 column 42'),
+            ('{"certId": "x", "csr": "c", "issuer": {"certId": "ca"}}',
+             "missing field `privateKeyHandle` at line 1 column 54"),
+            ('{"certId": "x", "csr": "c", "issuer": {"privateKeyHandle": "h"}}',
+             "missing field `certId` at line 1 column 63"),
+            ('{"certId": "x", "csr": "c", "issuer": {"certId": "ca", "privateKeyHandle": 2}}',
+             "invalid type: integer `2`, expected a string at line 1 column 76"),
+            ('{"certId": "x", "csr": "c", "certId": "y"}',
+             "duplicate field `certId` at line 1 column 36"),
+            ("[", "EOF while parsing a list at line 1 column 1"),
+        ]
+        for text, message in cases:
+            with self.subTest(body=text):
+                self.assertError(self.http("POST", "/certificates", text.encode()), 422, message)
+        # Unknown members are ignored, in the issuer too.
+        body = self.create_body("extra", csr)
+        body["extra"] = [1]
+        body["issuer"]["more"] = {}
+        self.ok("POST", "/certificates", body, 201)
+        self.assertNoContent(self.http("DELETE", "/certificates/extra"))
+        for text, message in [("{}", "missing field `pem` at line 1 column 2"),
+                              ('{"pem": null}',
+                               "invalid type: null, expected a string at line 1 column 12"),
+                              ("", "EOF while parsing a value at line 1 column 0")]:
+            with self.subTest(put=text):
+                self.assertError(self.http("PUT", "/certificates/x", text.encode()), 422, message)
+        self.assertError(self.http("POST", "/certificates"), 400, "missing request body")
+        self.assertError(self.http("POST", "/certificates",
+                                   json.dumps(self.create_body("x", csr)).encode(),
+                                   content_type="text/plain"), 400, "missing request body")
+        self.assertError(self.http("PUT", "/certificates/x",
+                                   json.dumps({"pem": self.ca_pem}).encode(),
+                                   content_type="text/plain"), 415,
+                         "request body must be application/json")
+        self.assertIsNone(self.stored("x"))
+
+    def test_bad_csr(self):
+        _, csr = make_csr("bad")
+        lines = csr.splitlines()
+        body_lines = lines[1:-1]
+        bad_base64 = "\n".join([lines[0], "!!!!" + body_lines[0][4:], *body_lines[1:],
+                                lines[-1]]) + "\n"
+        # The self-signature does not verify: the last byte of the signature flipped.
+        der = bytearray(x509.load_pem_x509_csr(csr.encode()).public_bytes(
+            serialization.Encoding.DER))
+        der[-1] ^= 1
+        bad_signature = "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(
+            re.findall(".{1,64}", base64.b64encode(bytes(der)).decode())) + \
+            "\n-----END CERTIFICATE REQUEST-----\n"
+        cases = {
+            "bad signature": bad_signature,
+            "not PEM": "hello",
+            "empty": "",
+            "bad base64": bad_base64,
+            "truncated": "\n".join(lines[:3] + lines[-1:]) + "\n",
+            "a certificate": self.ca_pem,
+            "base64 of DER, not PEM": "".join(body_lines),
+        }
+        for name, text in cases.items():
+            with self.subTest(csr=name):
+                self.assertError(self.http("POST", "/certificates", self.create_body("bad", text)),
+                                 400, bad_param("csr"))
+        self.assertIsNone(self.stored("bad"))
+
+    def test_bad_issuer(self):
+        _, csr = make_csr("bi")
+        self.assertError(self.http("POST", "/certificates",
+                                   self.create_body("bi", csr, ("no-such-ca", None))),
+                         400, bad_param("issuer.certId", "not found"))
+        self.assertError(self.http("POST", "/certificates",
+                                   self.create_body("bi", csr, ("ca", "forged"))),
+                         400, bad_param("issuer.privateKeyHandle", "invalid handle"))
+        self.assertError(self.http("POST", "/certificates",
+                                   self.create_body("bi", csr, ("ca", ""))),
+                         400, bad_param("issuer.privateKeyHandle"))
+        r = self.http("POST", "/certificates",
+                      self.create_body("bi", csr, ("ca", self.handles["other-key"])))
+        self.assertEqual(r.status, 400, r.body)
+        self.assertTrue(r.json()["message"].startswith(bad_param("issuer")), r.body)
+        self.assertIsNone(self.stored("bi"))
+
+    def test_bad_pem_on_import(self):
+        for name, text in {"not PEM": "hello", "empty": "",
+                           "a private key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+                                            "-----END PRIVATE KEY-----\n"}.items():
+            with self.subTest(pem=name):
+                self.assertError(self.http("PUT", "/certificates/bad-pem", {"pem": text}),
+                                 400, bad_param("pem", "not PEM certificates"))
+        self.assertIsNone(self.stored("bad-pem"))
+
+    def test_nul_in_arguments(self):
+        _, csr = make_csr("n")
+        self.assertError(self.http("GET", "/certificates/a%00b"), 400, bad_param("id"))
+        self.assertError(self.http("DELETE", "/certificates/a%00b"), 400, bad_param("id"))
+        self.assertError(self.http("PUT", "/certificates/a%00b", {"pem": self.ca_pem}), 400,
+                         bad_param("id"))
+        self.assertError(self.http("PUT", "/certificates/n", {"pem": self.ca_pem + "\0"}), 400,
+                         bad_param("pem"))
+        self.assertError(self.http("POST", "/certificates", self.create_body("a\0b", csr)), 400,
+                         bad_param("id"))
+        self.assertError(self.http("POST", "/certificates", self.create_body("n", csr + "\0")),
+                         400, bad_param("csr"))
+        self.assertError(self.http("POST", "/certificates",
+                                   self.create_body("n", csr, ("c\0a", None))), 400,
+                         bad_param("issuer.certId"))
+        self.assertError(self.http("POST", "/certificates",
+                                   self.create_body("n", csr, ("ca", "h\0"))), 400,
+                         bad_param("issuer.privateKeyHandle"))
+        self.assertIsNone(self.stored("n"))
+
+
+class AuthorizationTest(CertsHttpTestCase):
+    def setUp(self):
+        self.a = self.agent_as(USER_A)
+        self.addCleanup(self.no_principals)
+
+    def no_principals(self):
+        """Removes the principals and waits until certd has reloaded (a DELETE of an id that
+        does not exist is 204 when allowed, 401 when not)."""
+        self.services.write_principals([])
+        poll(lambda: self.http("DELETE", "/certificates/app-probe", via=self.a).status == 401,
+             "certd to drop the principals")
+
+    def test_the_socket_is_for_its_group(self):
+        outsider = self.agent_as(USER_B, groups=None)
+        with self.assertRaises(AgentError) as cm:
+            outsider.connect(self.sock)
+        self.assertEqual(cm.exception.name, "PermissionError")
+
+    def test_get_is_open_and_changes_are_refused(self):
+        self.assertEqual(self.ok("GET", "/certificates/ca", via=self.a), {"pem": self.ca_pem})
+        self.assertError(self.http("GET", "/certificates/nope", via=self.a), 400, NOT_FOUND)
+        _, csr = make_csr("app-1")
+        for method, path, body, cert_id in [
+                ("PUT", "/certificates/app-1", {"pem": self.ca_pem}, "app-1"),
+                ("DELETE", "/certificates/ca", None, "ca"),
+                ("POST", "/certificates", self.create_body("app-1", csr), "app-1")]:
+            with self.subTest(method=method):
+                self.assertError(self.http(method, path, body, via=self.a), 401,
+                                 not_authorized(self.uid_a, cert_id))
+        self.assertIsNone(self.stored("app-1"))
+        self.assertEqual(self.stored("ca"), self.ca_pem)
+        # As a user types it; logged as upstream logs it.
+        r = self.curl("DELETE", "/certificates/ca", user=USER_A)
+        self.assertError(r, 401, not_authorized(self.uid_a, "ca"))
+        self.assertIn(f"!!! {not_authorized(self.uid_a, 'ca')}", self.gateway_log())
+        # The same from root's own connection is allowed: certd judged the client, not the
+        # gateway (which runs as root).
+        self.ok("PUT", "/certificates/app-1", {"pem": self.ca_pem}, 201)
+        self.assertNoContent(self.http("DELETE", "/certificates/app-1"))
+
+    def test_a_principal_may_change_its_certificates(self):
+        self.services.write_principals([(self.uid_a, ["app-*"])])
+        poll(lambda: self.http("PUT", "/certificates/app-2", {"pem": self.ca_pem},
+                               via=self.a).status == 201, "certd to load the principal")
+        self.assertEqual(self.stored("app-2"), self.ca_pem)
+        self.assertNoContent(self.http("DELETE", "/certificates/app-2", via=self.a))
+        self.assertIsNone(self.stored("app-2"))
+        _, csr = make_csr("app-3")
+        # The issuer's id must be the principal's too.
+        self.assertError(self.http("POST", "/certificates", self.create_body("app-3", csr),
+                                   via=self.a), 401, not_authorized(self.uid_a, "ca"))
+        self.services.write_principals([(self.uid_a, ["app-*", "ca"])])
+        pem = poll(lambda: (lambda r: r.status == 201 and r.json()["pem"])(
+            self.http("POST", "/certificates", self.create_body("app-3", csr), via=self.a)),
+            "certd to load the new principal")
+        self.assertEqual(self.verify(pem).returncode, 0)
+        self.assertNoContent(self.http("DELETE", "/certificates/app-3", via=self.a))
+        # Other ids stay refused.
+        self.assertError(self.http("PUT", "/certificates/other", {"pem": self.ca_pem},
+                                   via=self.a), 401, not_authorized(self.uid_a, "other"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
