@@ -123,16 +123,36 @@ class KeysServices:
 
 
 def up(stack):
-    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs. AZIOT_UP_PKCS11=1 (`./dev up
+    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs — keyd and certd (D-Bus
+    activatable) and one gateway serving keyd.sock and certd.sock. AZIOT_UP_PKCS11=1 (`./dev up
     --pkcs11`): keys on a softhsm2 token made for the occasion under the run directory."""
     token = None
     if os.environ.get("AZIOT_UP_PKCS11") == "1":
         import aziot_tokens
         token = aziot_tokens.SoftHsmToken(os.path.join(stack.run_dir, "softhsm"), label="aziot")
-    services = KeysServices(stack, token=token)
-    services.start()
-    print(services.describe(), flush=True)
-    return services
+    keys = KeysServices(stack, token=token)
+    keys.start(gateway=False)
+    certs = CertsServices(stack)
+    certs.start(gateway=False)
+    gateway = stack.start_process(
+        "gateway", [keys.gateway_binary, "--keyd-socket", keys.keyd_socket,
+                    "--certd-socket", certs.certd_socket],
+        env={**keys.config_env(), **certs.config_env()})
+    for sock in (keys.keyd_socket, certs.certd_socket):
+        aziot_harness._wait_until(lambda: os.path.exists(sock), 10, f"the gateway's {sock}",
+                                  on_timeout=gateway.log)
+    print(keys.describe(), flush=True)
+    print("\n".join([
+        f"  certd       D-Bus activatable as {CERTS_BUS_NAME}, home {certs.certd_home}",
+        f"              config {certs.config_file} (+ {certs.config_d}/*.toml)",
+        f"  gateway     {certs.certd_socket}",
+        "",
+        "Try:",
+        f"  curl -s --unix-socket {certs.certd_socket} "
+        "'http://certd.sock/certificates/demo?api-version=2020-09-01'",
+        "  busctl --system introspect org.aziot.Certificates1 /org/aziot/Certificates1",
+    ]), flush=True)
+    return keys, certs, token
 
 
 CERTS_BUS_NAME = "org.aziot.Certificates1"
