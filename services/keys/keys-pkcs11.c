@@ -396,6 +396,11 @@ static int with_session(const Pkcs11Uri *slot, SessionFunc fn, void *userdata)
         Session *s;
         int r;
 
+        if (!slot) {
+                /* A location whose URI was not valid (logged when it was configured). */
+                log_debug("No valid PKCS#11 URI for this key: see the configuration error.");
+                return -ENXIO;
+        }
         pthread_mutex_lock(&p11.lock);
         r = module_load();
         if (r >= 0)

@@ -17,6 +17,9 @@
  * the configuration is reset, so that a wrong PIN cannot lock the token. Every entry point takes
  * one lock: the backend may be used from several threads.
  *
+ * A NULL slot stands for a location whose URI was not valid: every operation on it fails with
+ * -ENXIO.
+ *
  * Errors are negative errno values; the reason is logged where it is found (with the slot in its
  * display form, never the PIN):
  *   -ENOENT      no such object (the store then tries its next location)

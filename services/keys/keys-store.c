@@ -24,6 +24,7 @@ typedef struct PreloadedFile {
 
 static struct {
         Pkcs11Uri *base_slot;
+        bool base_slot_invalid; /* configured, but not a valid URI: new keys cannot be made */
         PreloadedToken *preloaded;
         PreloadedFile *preloaded_files;
 } store;
@@ -66,12 +67,15 @@ static int token_location(const char *id, TokenLocation *ret)
                                   KEY_ID(id));
                         return -EINVAL;
                 }
+                /* An invalid URI (p->uri NULL) is a location where nothing works. */
                 *ret = (TokenLocation){
-                        .slot = p->uri, .label = p->uri->object ?: id, .only = true,
+                        .slot = p->uri,
+                        .label = p->uri && p->uri->object ? p->uri->object : id,
+                        .only = true,
                 };
                 return 1;
         }
-        if (store.base_slot && keys_pkcs11_has_library()) {
+        if ((store.base_slot || store.base_slot_invalid) && keys_pkcs11_has_library()) {
                 *ret = (TokenLocation){ .slot = store.base_slot, .label = id };
                 return 1;
         }
@@ -160,13 +164,14 @@ static int set_base_slot(const char *value)
         int r;
 
         r = pkcs11_uri_parse(value ?: "", &u, &error);
-        if (r < 0) {
-                log_error("pkcs11_base_slot is not a valid PKCS#11 URI: %s",
-                          error ?: "out of memory");
-                return -EINVAL;
-        }
+        if (r == -ENOMEM)
+                return r;
         pkcs11_uri_free(store.base_slot);
         store.base_slot = TAKE_PTR(u);
+        /* Keys in files keep working: the base slot is where new keys cannot be made. */
+        store.base_slot_invalid = r < 0;
+        if (r < 0)
+                log_error("pkcs11_base_slot is not a valid PKCS#11 URI: %s", error);
         return 0;
 }
 
@@ -182,11 +187,11 @@ static int set_preloaded_token_key(const char *id, const char *value)
                 return -EINVAL;
         }
         r = pkcs11_uri_parse(value, &u, &error);
-        if (r < 0) {
-                log_error("Preloaded key %s: not a valid PKCS#11 URI: %s", KEY_ID(id),
-                          error ?: "out of memory");
-                return -EINVAL;
-        }
+        if (r == -ENOMEM)
+                return r;
+        /* The key is then unusable (every operation fails); the others are not affected. */
+        if (r < 0)
+                log_error("Preloaded key %s: not a valid PKCS#11 URI: %s", KEY_ID(id), error);
         preloaded_forget(id, /* token= */ false, /* file= */ true);
         for (p = store.preloaded; p; p = p->next)
                 if (streq(p->id, id))
@@ -848,14 +853,19 @@ void keys_store_start(void)
 {
         _cleanup_free_ char *display = NULL;
 
-        if (!store.base_slot)
+        if (!store.base_slot && !store.base_slot_invalid)
                 return;
-        display = pkcs11_uri_to_display(store.base_slot);
         if (!keys_pkcs11_has_library()) {
                 log_warning("pkcs11_base_slot is set but pkcs11_lib_path is not: new keys go to "
                             "the filesystem.");
                 return;
         }
+        if (store.base_slot_invalid) {
+                log_error("pkcs11_base_slot is not valid (see above): new keys cannot be made; "
+                          "keys on the filesystem keep working.");
+                return;
+        }
+        display = pkcs11_uri_to_display(store.base_slot);
         if (keys_pkcs11_check_slot(store.base_slot) < 0)
                 log_error("PKCS#11 base slot %s is not usable (see above); keys on the "
                           "filesystem keep working.",
@@ -877,6 +887,7 @@ void keys_store_reset(void)
         while (store.preloaded_files)
                 preloaded_forget(store.preloaded_files->id, false, true);
         store.base_slot = pkcs11_uri_free(store.base_slot);
+        store.base_slot_invalid = false;
         keys_pkcs11_reset();
         keys_fs_reset();
 }

@@ -156,28 +156,6 @@ class Pkcs11TestCase(KeydTestCase):
         self.assertNoSecret(log, "keyd's log")
         self.stack.wait_for_name_gone(KEYS_NAME)
 
-    def start_failing(self, config):
-        """Starts keyd with this configuration and expects it to refuse to run: returns its
-        log."""
-        self.stop()
-        self.state.write_config(config)
-        name = f"keyd-{self._testMethodName}-{self.runs}"
-        self.runs += 1
-        process = self.stack.start_process(name, [KEYD, "--idle-timeout=0"], env=self.keyd_env())
-        try:
-            process.popen.wait(EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-        exited = process.popen.poll() is not None
-        status = self.stack.stop_process(name)
-        log = process.log()
-        self.assertTrue(exited, f"keyd kept running with\n{config}\n{log}")
-        self.assertNotEqual(status, 0, log)
-        self.assertNotIn("Serving org.aziot.Keys1.", log)
-        self.assertFalse(self.stack.name_has_owner(KEYS_NAME))
-        self.assertNoSecret(log, "keyd's log")
-        return log
-
     # -- assertions ---------------------------------------------------------------------------
 
     def assertNoSecret(self, text, where):
@@ -493,7 +471,7 @@ class BrokenConfigurationTest(Pkcs11TestCase):
             ("ERR!", "PKCS#11 base slot pkcs11:token=aziot is not usable"),
         ])
 
-    def test_bad_base_slot_uris_stop_keyd(self):
+    def test_bad_base_slot_uris(self):
         pin = f"?pin-value={self.pin}"
         for uri, reason in (
                 ("pkcs11:object=x" + pin, "the URI names neither a token nor a slot-id"),
@@ -504,14 +482,13 @@ class BrokenConfigurationTest(Pkcs11TestCase):
                 ("pkcs11:slot-id=abc" + pin, 'slot-id "abc" is not a number'),
                 ("pkcs11:slot-id=abc", 'slot-id "abc" is not a number')):
             with self.subTest(uri=uri):
-                log = self.start_failing(self.config(lib=self.token.module, slot=uri))
-                self.assertLogged(log, "ERR!",
-                                  f"pkcs11_base_slot is not a valid PKCS#11 URI: {reason}")
-                self.assertLogged(log, "ERR!", 'The key store rejected parameter '
-                                               '"pkcs11_base_slot".')
-        self.assertEqual(self.key_files(), self.files)
+                self.check_broken(self.config(lib=self.token.module, slot=uri), [
+                    ("ERR!", f"pkcs11_base_slot is not a valid PKCS#11 URI: {reason}"),
+                    ("ERR!", "pkcs11_base_slot is not valid (see above): new keys cannot be "
+                             "made; keys on the filesystem keep working."),
+                ])
 
-    def test_bad_preloaded_uris_stop_keyd(self):
+    def test_bad_preloaded_uris(self):
         pin = f"?pin-value={self.pin}"
         for uri, reason in (
                 ("pkcs11:object=dev" + pin, "the URI names neither a token nor a slot-id"),
@@ -519,12 +496,20 @@ class BrokenConfigurationTest(Pkcs11TestCase):
                  'invalid percent-encoding in attribute "object"'),
                 ("pkcs11:token=aziot;slot-id=abc" + pin, 'slot-id "abc" is not a number')):
             with self.subTest(uri=uri):
-                log = self.start_failing(self.config(lib=self.token.module,
-                                                     preloaded={"dev": uri}))
+                self.start(self.config(lib=self.token.module, preloaded={"dev": uri}))
+                # That key is unusable (and not looked for elsewhere); the others work.
+                self.assertCallFails(FAILED, "LoadKeyPair", "dev", OPTS)
+                self.assertCallFails(FAILED, "CreateKeyPairIfNotExists", "dev", ["ec-p256"],
+                                     OPTS)
+                self.assertNotOnFilesystem("dev")
+                self.assertEqual(self.call("Sign", self.handle, "HMAC-SHA256", PAYLOAD, OPTS),
+                                 self.mac)
+                self.assertServing()
+                log = self.keyd.log()
                 self.assertLogged(log, "ERR!",
                                   f"Preloaded key dev: not a valid PKCS#11 URI: {reason}")
-                self.assertLogged(log, "ERR!", 'The key store rejected parameter '
-                                               '"preloaded_key:dev".')
+                self.assertNoSecret(log, "keyd's log")
+        self.assertEqual(self.key_files(), self.files)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1094,8 +1094,11 @@ static void test_preloaded(void **state)
         /* A PKCS#11 location needs the module: without pkcs11_lib_path the key is unusable. */
         assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=t;object=o"), OK);
         assert_int_equal(fl->load_key("p"), INVALID);
-        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:object=o"), INVALID);
-        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=%zz"), INVALID);
+        /* A bad PKCS#11 URI does not stop the store: that location is unusable (and logged). */
+        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:object=o"), OK);
+        assert_int_equal(fl->load_key("p"), INVALID);
+        assert_int_equal(fl->set_parameter("preloaded_key:p", "pkcs11:token=%zz"), OK);
+        assert_int_equal(fl->load_key("p"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "http://x/y"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "file://host/x"), INVALID);
         assert_int_equal(fl->set_parameter("preloaded_key:p", "file://relative"), INVALID);
@@ -1105,8 +1108,15 @@ static void test_preloaded(void **state)
         assert_int_equal(fl->set_parameter("preloaded_key:", "file:///x"), INVALID);
         assert_int_equal(fl->set_parameter("pkcs11_lib_path", "relative/x.so"), INVALID);
         assert_int_equal(fl->set_parameter("pkcs11_lib_path", ""), INVALID);
-        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=x"), INVALID);
-        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "slot-id=0"), INVALID);
+        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=x"), OK);
+        assert_int_equal(fl->set_parameter("pkcs11_base_slot", "slot-id=0"), OK);
+        /* With a module, an invalid base slot is where new keys cannot be made (not the
+         * filesystem instead), and the preloaded key with the bad URI fails. */
+        assert_int_equal(fl->set_parameter("pkcs11_lib_path", "/nonexistent/pkcs11.so"), OK);
+        assert_int_equal(fl->create_key_if_not_exists("k-new", AZIOT_KEYS_KEY_USAGE_SIGN),
+                         EXTERNAL);
+        assert_int_equal(fl->load_key("p"), EXTERNAL);
+        assert_true(stat(keys, &st) < 0 || count_entries(keys) == 0);
         assert_int_equal(fl->set_parameter("pkcs11_base_slot", "pkcs11:slot-id=0"), OK);
         assert_int_equal(fl->set_parameter("something", "x"), INVALID);
         assert_int_equal(fl->set_parameter(NULL, "x"), INVALID);
