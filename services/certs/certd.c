@@ -4,6 +4,7 @@
 #include "bus-util.h"
 #include "certd.h"
 #include "certs-config.h"
+#include "certs-object.h"
 #include "log.h"
 #include "macro.h"
 #include "service.h"
@@ -18,6 +19,9 @@ static void manager_free(Manager *m)
         config_watch_free(m->config_watch);
         polkit_registry_free(m->polkit_registry);
         sd_bus_slot_unref(m->object_slot);
+        sd_bus_slot_unref(m->cert_vtable_slot);
+        sd_bus_slot_unref(m->cert_enumerator_slot);
+        sd_bus_slot_unref(m->object_manager_slot);
         sd_bus_flush_close_unref(m->bus);
         sd_event_unref(m->event);
         principal_set_done(&m->principals);
@@ -135,7 +139,10 @@ static int manager_connect_bus(Manager *m)
         r = service_connect_bus(m->event, &m->bus, &m->polkit_registry);
         if (r < 0)
                 return r;
-        return certs_dbus_register(m);
+        r = certs_dbus_register(m);
+        if (r < 0)
+                return r;
+        return certs_object_register(m);
 }
 
 static int manager_new(Manager **ret)

@@ -14,6 +14,7 @@
 #define CERTS_BUS_NAME "org.aziot.Certificates1"
 #define CERTS_OBJECT_PATH "/org/aziot/Certificates1"
 #define CERTS_INTERFACE "org.aziot.Certificates1"
+#define CERTS_CERT_INTERFACE "org.aziot.Certificates1.Certificate"
 
 #define CERTS_ERROR_INVALID_PARAMETER "org.aziot.Certificates1.Error.InvalidParameter"
 #define CERTS_ERROR_NOT_FOUND "org.aziot.Certificates1.Error.NotFound"
@@ -24,6 +25,7 @@ typedef struct Manager {
         sd_event *event;
         sd_bus *bus;
         sd_bus_slot *object_slot;
+        sd_bus_slot *cert_vtable_slot, *cert_enumerator_slot, *object_manager_slot;
         PolkitRegistry *polkit_registry;
         SenderUidCache sender_uids;
 

@@ -10,6 +10,7 @@
 #include "bus-authorize.h"
 #include "certd.h"
 #include "certs-issue.h"
+#include "certs-object.h"
 #include "certs-openssl.h"
 #include "log.h"
 #include "macro.h"
@@ -207,6 +208,7 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
         const char *id, *csr, *issuer_cert = NULL, *issuer_key = NULL, *ca_cert, *ca_key;
         size_t chain_len = 0, pem_len = 0;
         CertsIssueOptions opts = {};
+        bool existed;
         ConfigError err = {};
         CertsOptions o;
         int r;
@@ -308,9 +310,11 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                 return reply_failed(error, r, "Issuing a certificate");
         }
 
+        existed = certs_object_exists(m, id);
         r = certs_store_put(m->store, id, pem, pem_len);
         if (r < 0)
                 return reply_store_write_error(error, r, "Storing a certificate");
+        certs_object_emit_stored(m, id, existed);
         log_info("Issued the certificate %s (%s%s).", id, issuer_cert ? "issuer " : "self-signed",
                  strempty(issuer_cert));
         return sd_bus_reply_method_return(msg, "s", pem);
@@ -321,6 +325,7 @@ static int method_import_certificate(sd_bus_message *msg, void *userdata, sd_bus
         Manager *m = userdata;
         const char *id, *pem;
         CertsOptions o;
+        bool existed;
         int r;
 
         r = sd_bus_message_read(msg, "ss", &id, &pem);
@@ -340,9 +345,11 @@ static int method_import_certificate(sd_bus_message *msg, void *userdata, sd_bus
         if (r <= 0)
                 return r < 0 ? r : 1;
 
+        existed = certs_object_exists(m, id);
         r = certs_store_put(m->store, id, pem, strlen(pem));
         if (r < 0)
                 return reply_store_write_error(error, r, "Storing a certificate");
+        certs_object_emit_stored(m, id, existed);
         log_info("Imported the certificate %s.", id);
         return sd_bus_reply_method_return(msg, "");
 }
@@ -403,8 +410,10 @@ static int method_delete_certificate(sd_bus_message *msg, void *userdata, sd_bus
         r = certs_store_delete(m->store, id);
         if (r < 0)
                 return reply_store_write_error(error, r, "Deleting a certificate");
-        if (r > 0)
+        if (r > 0) {
+                certs_object_emit_removed(m, id);
                 log_info("Deleted the certificate %s.", id);
+        }
         return sd_bus_reply_method_return(msg, "");
 }
 

@@ -23,6 +23,7 @@ Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOT_CERTD, AZIO
 AZIOT_PROVIDER_DIR.
 """
 
+import datetime
 import hashlib
 import json
 import os
@@ -56,6 +57,11 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 CERTS_NAME, CERTS_PATH, CERTS_IFACE = \
     "org.aziot.Certificates1", "/org/aziot/Certificates1", "org.aziot.Certificates1"
 KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
+
+CERT_IFACE = "org.aziot.Certificates1.Certificate"
+CERT_PATH_PREFIX = "/org/aziot/Certificates1/certificate"
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
 INVALID_PARAMETER = "org.aziot.Certificates1.Error.InvalidParameter"
 NOT_FOUND = "org.aziot.Certificates1.Error.NotFound"
@@ -132,6 +138,39 @@ def make_csr(common_name="device", ca=False, san=None, key=None):
                                         critical=False)
     csr = builder.sign(key, hashes.SHA256())
     return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def describe_interface(text, name):
+    """The methods (with their arguments), properties (with type and access) and signals of the
+    interface name in an introspection document."""
+    ifaces = [i for i in ET.fromstring(text).findall("interface") if i.get("name") == name]
+    if len(ifaces) != 1:
+        raise AssertionError(f"{len(ifaces)} interface(s) {name}")
+    methods = {m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in"))
+                               for a in m.findall("arg")]
+               for m in ifaces[0].findall("method")}
+    return (methods,
+            sorted((p.get("name"), p.get("type"), p.get("access"))
+                   for p in ifaces[0].findall("property")),
+            sorted(s.get("name") for s in ifaces[0].findall("signal")))
+
+
+def utc_seconds(naive_utc):
+    """Seconds since the epoch of a naive UTC datetime (python-cryptography's not_valid_*)."""
+    return int(naive_utc.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
+def cert_path(cert_id):
+    """sd_bus_path_encode(): every byte but an ASCII letter, or a digit not in first place, as
+    "_xx"; the empty id as "_"."""
+    out = []
+    for i, b in enumerate(cert_id.encode()):
+        c = chr(b)
+        if (c.isascii() and c.isalpha()) or (i > 0 and c.isascii() and c.isdigit()):
+            out.append(c)
+        else:
+            out.append(f"_{b:02x}")
+    return f"{CERT_PATH_PREFIX}/{''.join(out) or '_'}"
 
 
 def wait_until(predicate, timeout, what):
@@ -625,18 +664,10 @@ class StoreTest(CertdTestCase):
         self.stack.processes.pop("certd")
 
     def test_introspection_matches_the_xml(self):
-        def describe(text):
-            ifaces = [i for i in ET.fromstring(text).findall("interface")
-                      if i.get("name") == CERTS_IFACE]
-            self.assertEqual(len(ifaces), 1)
-            methods = {m.get("name"): [(a.get("name"), a.get("type"), a.get("direction", "in"))
-                                       for a in m.findall("arg")]
-                       for m in ifaces[0].findall("method")}
-            return (methods, sorted(p.get("name") for p in ifaces[0].findall("property")),
-                    sorted(s.get("name") for s in ifaces[0].findall("signal")))
         with open(XML_PATH) as f:
-            documented = describe(f.read())
-        running = describe(str(self.call("org.freedesktop.DBus.Introspectable.Introspect")))
+            documented = describe_interface(f.read(), CERTS_IFACE)
+        running = describe_interface(
+            str(self.call("org.freedesktop.DBus.Introspectable.Introspect")), CERTS_IFACE)
         self.assertEqual(running, documented)
 
 
@@ -759,6 +790,141 @@ polkit.addRule(function(action, subject) {{
         with open(os.devnull) as f:
             self.assertFails(INVALID_PARAMETER, None, self.call, "ImportCertificate", "x",
                              self.ca_pem, {"client-socket": dbus.types.UnixFd(f.fileno())})
+
+
+# Properties.GetAll on one certificate object as another user: argv[1] is the path.
+USER_GET_ALL = r'''
+import json, os, sys
+import dbus
+conn = dbus.bus.BusConnection(os.environ["DBUS_SYSTEM_BUS_ADDRESS"])
+try:
+    r = conn.call_blocking("org.aziot.Certificates1", sys.argv[1],
+                           "org.freedesktop.DBus.Properties", "GetAll", "s",
+                           ["org.aziot.Certificates1.Certificate"], timeout=20)
+    print(json.dumps({"ok": {str(k): (int(v) if isinstance(v, dbus.UInt64) else str(v))
+                             for k, v in r.items()}}))
+except dbus.DBusException as e:
+    print(json.dumps({"error": e.get_dbus_name(), "message": e.get_dbus_message()}))
+'''
+
+
+class CertificateObjectTest(CertdTestCase):
+    """One object per certificate, org.aziot.Certificates1.Certificate."""
+
+    def get_all(self, cert_id):
+        try:
+            return self.conn.call_blocking(CERTS_NAME, cert_path(cert_id), PROPERTIES_IFACE,
+                                           "GetAll", "s", [CERT_IFACE], timeout=CALL_TIMEOUT)
+        except dbus.DBusException as e:
+            raise CallError(e.get_dbus_name(), e.get_dbus_message()) from None
+
+    def tree(self):
+        r = subprocess.run(["busctl", "--system", "--list", "tree", CERTS_NAME],
+                           env=self.stack.child_env(), capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return set(r.stdout.split())
+
+    def assertMatchesPem(self, props, cert_id, pem):
+        cert = pem_blocks(pem)[0]
+        epoch_us = 1_000_000
+        self.assertEqual(str(props["Id"]), cert_id)
+        self.assertEqual(str(props["Subject"]), cert.subject.rfc4514_string())
+        self.assertEqual(str(props["Issuer"]), cert.issuer.rfc4514_string())
+        self.assertEqual(int(props["NotBefore"]), utc_seconds(cert.not_valid_before) * epoch_us)
+        self.assertEqual(int(props["NotAfter"]), utc_seconds(cert.not_valid_after) * epoch_us)
+        self.assertEqual(int(str(props["Serial"]), 16), cert.serial_number)
+        self.assertEqual(str(props["Serial"]), str(props["Serial"]).upper())
+        self.assertEqual(str(props["RenewalState"]), "none")
+
+    def test_tree_and_properties(self):
+        _, csr = make_csr("device-1")
+        issued = self.issue("dev-1.x", csr)
+        self.call("ImportCertificate", "a/b", self.ca_pem, {})
+        self.call("ImportCertificate", "1st cert", self.ca_pem, {})
+        tree = self.tree()
+        for cert_id in ("ca", "dev-1.x", "a/b", "1st cert"):
+            with self.subTest(id=cert_id):
+                self.assertIn(cert_path(cert_id), tree)
+        self.assertEqual(cert_path("dev-1.x"), CERT_PATH_PREFIX + "/dev_2d1_2ex")
+        props = self.get_all("dev-1.x")
+        self.assertMatchesPem(props, "dev-1.x", issued)
+        self.assertEqual(str(props["Issuer"]), "CN=test CA")
+        self.assertMatchesPem(self.get_all("a/b"), "a/b", self.ca_pem)
+        self.assertMatchesPem(self.get_all("1st cert"), "1st cert", self.ca_pem)
+        # One property by itself, as busctl get-property does.
+        r = subprocess.run(["busctl", "--system", "get-property", CERTS_NAME,
+                            cert_path("dev-1.x"), CERT_IFACE, "Subject"],
+                           env=self.stack.child_env(), capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), 's "CN=device-1"')
+
+    def test_deleted_certificate_has_no_object(self):
+        self.call("ImportCertificate", "gone", self.ca_pem, {})
+        self.assertIn(cert_path("gone"), self.tree())
+        self.call("DeleteCertificate", "gone", {})
+        self.assertNotIn(cert_path("gone"), self.tree())
+        self.assertFails(UNKNOWN_OBJECT, None, self.get_all, "gone")
+        # Never stored, or not a valid id (a control character): no object either.
+        self.assertFails(UNKNOWN_OBJECT, None, self.get_all, "never")
+        self.assertFails(UNKNOWN_OBJECT, None, self.get_all, "a\x01b")
+
+    def test_object_manager_and_signals(self):
+        manager = dbus.Interface(self.conn.get_object(CERTS_NAME, CERTS_PATH),
+                                 "org.freedesktop.DBus.ObjectManager")
+        objects = manager.GetManagedObjects(timeout=CALL_TIMEOUT)
+        self.assertEqual(set(map(str, objects)), {cert_path("ca")})
+        self.assertEqual(str(objects[cert_path("ca")][CERT_IFACE]["Id"]), "ca")
+        # The signals, as a subscriber sees them (gdbus monitor: plain match rules).
+        monitor = subprocess.Popen(["gdbus", "monitor", "--system", "--dest", CERTS_NAME],
+                                   env=self.stack.child_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(monitor.wait, 10)
+        self.addCleanup(monitor.terminate)
+        for _ in range(3):  # a banner, then the owner: the match rules are in place
+            if "is owned by" in monitor.stdout.readline():
+                break
+        else:
+            self.fail("gdbus monitor did not see certd")
+        self.call("ImportCertificate", "new", self.ca_pem, {})
+        self.call("ImportCertificate", "new", self.ca_pem, {})
+        self.call("DeleteCertificate", "new", {})
+        self.call("DeleteCertificate", "new", {})  # nothing to remove: no signal
+        self.call("ListCertificates", {})
+        lines = []
+        for _ in range(3):
+            lines.append(monitor.stdout.readline())
+        monitor.terminate()
+        rest, _ = monitor.communicate(timeout=10)
+        lines += rest.splitlines()
+        signals = [line.split(":", 1)[1].split("(", 1)[0].strip() for line in lines
+                   if line.strip()]
+        self.assertEqual(signals, ["org.freedesktop.DBus.ObjectManager.InterfacesAdded",
+                                   "org.freedesktop.DBus.Properties.PropertiesChanged",
+                                   "org.freedesktop.DBus.ObjectManager.InterfacesRemoved"],
+                         lines)
+        self.assertIn(f"objectpath '{cert_path('new')}'", lines[0])
+        self.assertTrue(lines[1].startswith(cert_path("new") + ":"), lines[1])
+        self.assertIn(f"objectpath '{cert_path('new')}'", lines[2])
+
+    def test_readable_by_an_unprivileged_member_of_the_group(self):
+        r = self.stack.run_as(USER_A, [PYTHON, "-c", USER_GET_ALL, cert_path("ca")],
+                              groups=[CERTS_GROUP])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        outcome = json.loads(r.stdout)
+        self.assertIn("ok", outcome, outcome)
+        self.assertMatchesPem(outcome["ok"], "ca", self.ca_pem)
+        r = self.stack.run_as(USER_A, [PYTHON, "-c", USER_GET_ALL, cert_path("ca")])
+        self.assertEqual(json.loads(r.stdout).get("error"), ACCESS_DENIED, r.stdout)
+
+    def test_introspection_matches_the_xml(self):
+        with open(XML_PATH) as f:
+            documented = describe_interface(f.read(), CERT_IFACE)
+        text = self.conn.call_blocking(CERTS_NAME, cert_path("ca"),
+                                       "org.freedesktop.DBus.Introspectable", "Introspect", "",
+                                       [], timeout=CALL_TIMEOUT)
+        self.assertEqual(describe_interface(str(text), CERT_IFACE), documented)
 
 
 if __name__ == "__main__":
