@@ -43,8 +43,7 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 import aziot_harness  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, Response, parse_head, \
-    request_bytes  # noqa: E402
+from aziot_http import Agent, AgentError, Connection, curl, request_bytes  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -259,25 +258,13 @@ class CertsHttpTestCase(unittest.TestCase):
                 f"http://certd.sock{path}?api-version={API}"]
         if body is not None:
             argv += ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"]
-        if user is None:
-            out = subprocess.run(argv, capture_output=True, timeout=30)
-        else:
-            out = self.stack.run_as(user, argv, groups=[CERTS_GROUP], text=False)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        head, _, body_bytes = out.stdout.partition(b"\r\n\r\n")
-        status, reason, headers = parse_head(head)
-        r = Response(status, reason, headers, body_bytes, head)
+        r = curl(argv, self.stack, user, [CERTS_GROUP])
         self.assertDocumented(method, path, r, body)
         return r
 
     def agent_as(self, user, groups=(CERTS_GROUP,)):
-        log = open(os.path.join(self.run_dir, "logs", f"agent-{user}.log"), "ab")
-        self.addCleanup(log.close)
-        popen = self.stack.popen_as(user, Agent.argv(),
-                                    groups=list(groups) if groups is not None else None,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                    text=True)
-        agent = Agent(popen)
+        agent = Agent.start_as(self.stack, user, groups,
+                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
         self.addCleanup(agent.close)
         return agent
 

@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +51,8 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 import aziot_harness  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, Response, UnixHTTPConnection, \
-    parse_head, request_bytes  # noqa: E402
+from aziot_http import Agent, AgentError, Connection, Response, UnixHTTPConnection, curl, \
+    request_bytes  # noqa: E402
 from aziot_keys_oracle import BAD_MECHANISM, BAD_VALUE, HVK, INTERNAL, INVALID_HANDLE, NESTED, \
     NOT_A_KEY, NOT_A_KEY_PAIR, NOT_DERIVED, P256_OID_DER, SHA256_DIGEST_INFO, b64, bad_param, \
     emsa_pss_encode_sha256, handle_parts, hmac256, key_file_name, make_handle, tree_listing, \
@@ -286,26 +285,14 @@ class KeysHttpTestCase(KeyStoreChecks, unittest.TestCase):
             argv += ["--data-binary", json.dumps(body)]
             if json_type:
                 argv += ["-H", "Content-Type: application/json"]
-        if user is None:
-            out = subprocess.run(argv, capture_output=True, timeout=30)
-        else:
-            out = self.stack.run_as(user, argv, groups=[KEYS_GROUP], text=False)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        head, _, body_bytes = out.stdout.partition(b"\r\n\r\n")
-        status, reason, headers = parse_head(head)
-        r = Response(status, reason, headers, body_bytes, head)
+        r = curl(argv, self.stack, user, [KEYS_GROUP])
         self.assertDocumented(method, path, r, body)
         return r
 
     def agent_as(self, user, groups=(KEYS_GROUP,)):
         """A process of user (with groups) holding HTTP connections for the test."""
-        log = open(os.path.join(self.run_dir, "logs", f"agent-{user}.log"), "ab")
-        self.addCleanup(log.close)
-        popen = self.stack.popen_as(user, Agent.argv(),
-                                    groups=list(groups) if groups is not None else None,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                    text=True)
-        agent = Agent(popen)
+        agent = Agent.start_as(self.stack, user, groups,
+                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
         self.addCleanup(agent.close)
         return agent
 

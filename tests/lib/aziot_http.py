@@ -19,6 +19,7 @@ import http.client
 import json
 import select
 import socket
+import subprocess
 import sys
 
 __all__ = ["Response", "Connection", "UnixHTTPConnection", "Agent", "request_bytes"]
@@ -114,6 +115,20 @@ def request_bytes(method, target, body=None, headers=None, content_type="applica
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
 
 
+def curl(argv, stack=None, user=None, groups=None):
+    """Runs curl with argv (which must include -i) as this process, or as user with groups on an
+    aziot_harness Stack, and returns its answer as a Response."""
+    if user is None:
+        out = subprocess.run(argv, capture_output=True, timeout=30)
+    else:
+        out = stack.run_as(user, argv, groups=groups, text=False)
+    if out.returncode != 0:
+        raise AssertionError(f"curl failed ({out.returncode}): {out.stderr!r}")
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    status, reason, headers = parse_head(head)
+    return Response(status, reason, headers, body, head)
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client's keep-alive connection, over a Unix socket (Host: keyd.sock)."""
 
@@ -194,6 +209,17 @@ class Agent:
         if "error" in out:
             raise AgentError(out["error"], out["message"])
         return out
+
+    @classmethod
+    def start_as(cls, stack, user, groups, log_path):
+        """An agent running as user with groups (None: the user's own) on an aziot_harness
+        Stack, its stderr appended to log_path. Close it with close()."""
+        with open(log_path, "ab") as log:
+            popen = stack.popen_as(user, cls.argv(),
+                                   groups=list(groups) if groups is not None else None,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                   text=True)
+        return cls(popen)
 
     def connect(self, path, timeout=10.0):
         return AgentConnection(self, self._do(op="connect", path=path, timeout=timeout)["conn"])

@@ -22,46 +22,83 @@ import aziot_harness
 KEYS_BUS_NAME = "org.aziot.Keys1"
 
 
-class KeysServices:
-    def __init__(self, stack, keyd_args=(), keyd_env=None, gateway_env=None, principals=(),
-                 token=None, extra_config=""):
+class _Service:
+    """What a service on the test stack has: its home run_dir/<name>, its configuration
+    run_dir/config/<name> (config.toml + config.d), its socket run_dir/sockets/<name>.sock served
+    by a gateway, and the AZIOT_<NAME>_CONFIG variables that point both at that configuration."""
+
+    name = None         # "keyd", "certd"
+    bus_name = None
+    binary_path = None  # below the build directory
+
+    def __init__(self, stack, args=(), env=None, gateway_env=None, principals=()):
         self.stack = stack
         self.run_dir = stack.run_dir
         self.build_dir = stack.build_dir
-        self.keyd_home = os.path.join(self.run_dir, "keyd")
-        self.config_dir = os.path.join(self.run_dir, "config", "keyd")
+        self.home = os.path.join(self.run_dir, self.name)
+        self.config_dir = os.path.join(self.run_dir, "config", self.name)
         self.config_file = os.path.join(self.config_dir, "config.toml")
         self.config_d = os.path.join(self.config_dir, "config.d")
         self.socket_dir = os.path.join(self.run_dir, "sockets")
-        self.keyd_socket = os.path.join(self.socket_dir, "keyd.sock")
-        self.keyd_args = list(keyd_args)
-        self.keyd_env = dict(keyd_env or {})
+        self.socket = os.path.join(self.socket_dir, f"{self.name}.sock")
+        self.args = list(args)
+        self.env = dict(env or {})
         self.gateway_env = dict(gateway_env or {})
         self.principals = list(principals)
-        self.token = token
-        self.extra_config = extra_config
-        if token is not None:
-            self.keyd_env = {**token.env, **self.keyd_env}
         self.gateway = None
 
     @property
-    def keyd_binary(self):
-        return os.path.join(self.build_dir, "services", "keys", "aziot-keyd")
+    def binary(self):
+        return os.path.join(self.build_dir, *self.binary_path)
 
     @property
     def gateway_binary(self):
         return os.path.join(self.build_dir, "gateway", "aziot-gatewayd")
 
     def config_env(self):
-        return {
-            "AZIOT_KEYD_CONFIG": self.config_file,
-            "AZIOT_KEYD_CONFIG_DIR": self.config_d,
-        }
+        upper = self.name.upper()
+        return {f"AZIOT_{upper}_CONFIG": self.config_file,
+                f"AZIOT_{upper}_CONFIG_DIR": self.config_d}
 
-    def write_config(self, max_requests=None):
-        os.makedirs(self.keyd_home, mode=0o700, exist_ok=True)
+    def make_dirs(self):
+        os.makedirs(self.home, mode=0o700, exist_ok=True)
         os.makedirs(self.config_d, mode=0o700, exist_ok=True)
         os.makedirs(self.socket_dir, mode=0o755, exist_ok=True)
+
+    def write_service_file(self, extra_env=None):
+        env = {**self.config_env(), **(extra_env or {}), **self.env}
+        self.stack.write_service_file(self.bus_name, [self.binary, *self.args], env=env)
+
+    def start_gateway(self, process_name="gateway"):
+        env = {**self.config_env(), **self.gateway_env}
+        self.gateway = self.stack.start_process(
+            process_name, [self.gateway_binary, f"--{self.name}-socket", self.socket], env=env)
+        aziot_harness._wait_until(lambda: os.path.exists(self.socket), 10,
+                                  f"the gateway's {self.name} socket",
+                                  on_timeout=lambda: self.gateway.log())
+        return self.gateway
+
+
+class KeysServices(_Service):
+    name = "keyd"
+    bus_name = KEYS_BUS_NAME
+    binary_path = ("services", "keys", "aziot-keyd")
+
+    def __init__(self, stack, keyd_args=(), keyd_env=None, gateway_env=None, principals=(),
+                 token=None, extra_config=""):
+        super().__init__(stack, keyd_args, keyd_env, gateway_env, principals)
+        self.keyd_home, self.keyd_socket = self.home, self.socket
+        self.token = token
+        self.extra_config = extra_config
+        if token is not None:
+            self.env = {**token.env, **self.env}
+
+    @property
+    def keyd_binary(self):
+        return self.binary
+
+    def write_config(self, max_requests=None):
+        self.make_dirs()
         lines = []
         if max_requests is not None:
             lines.append(f"max_requests = {int(max_requests)}")
@@ -80,21 +117,9 @@ class KeysServices:
 
     def start(self, max_requests=None, gateway=True):
         self.write_config(max_requests)
-        env = dict(self.config_env())
-        env.update(self.keyd_env)
-        self.stack.write_service_file(KEYS_BUS_NAME, [self.keyd_binary, *self.keyd_args], env=env)
+        self.write_service_file()
         if gateway:
             self.start_gateway()
-
-    def start_gateway(self):
-        env = dict(self.config_env())
-        env.update(self.gateway_env)
-        self.gateway = self.stack.start_process(
-            "gateway", [self.gateway_binary, "--keyd-socket", self.keyd_socket], env=env)
-        aziot_harness._wait_until(lambda: os.path.exists(self.keyd_socket), 10,
-                                  "the gateway's keyd socket",
-                                  on_timeout=lambda: self.gateway.log())
-        return self.gateway
 
     def describe(self):
         sock = self.keyd_socket
@@ -158,45 +183,27 @@ def up(stack):
 CERTS_BUS_NAME = "org.aziot.Certificates1"
 
 
-class CertsServices:
+class CertsServices(_Service):
     """certd (D-Bus activatable, with the OpenSSL provider of the build for keys held by keyd) and
     the gateway on certd.sock, next to a KeysServices started without its gateway. certd's home is
     run_dir/certd, its configuration run_dir/config/certd (principals: config.d/principals.toml,
     rewritable by tests), its socket run_dir/sockets/certd.sock."""
 
+    name = "certd"
+    bus_name = CERTS_BUS_NAME
+    binary_path = ("services", "certs", "aziot-certd")
+
     def __init__(self, stack, certd_args=(), certd_env=None, gateway_env=None, principals=()):
-        self.stack = stack
-        self.run_dir = stack.run_dir
-        self.build_dir = stack.build_dir
-        self.certd_home = os.path.join(self.run_dir, "certd")
-        self.config_dir = os.path.join(self.run_dir, "config", "certd")
-        self.config_file = os.path.join(self.config_dir, "config.toml")
-        self.config_d = os.path.join(self.config_dir, "config.d")
-        self.socket_dir = os.path.join(self.run_dir, "sockets")
-        self.certd_socket = os.path.join(self.socket_dir, "certd.sock")
-        self.certd_args = list(certd_args)
-        self.certd_env = dict(certd_env or {})
-        self.gateway_env = dict(gateway_env or {})
-        self.principals = list(principals)
-        self.gateway = None
+        super().__init__(stack, certd_args, certd_env, gateway_env, principals)
+        self.certd_home, self.certd_socket = self.home, self.socket
 
     @property
     def certd_binary(self):
-        return os.path.join(self.build_dir, "services", "certs", "aziot-certd")
-
-    @property
-    def gateway_binary(self):
-        return os.path.join(self.build_dir, "gateway", "aziot-gatewayd")
+        return self.binary
 
     @property
     def provider_dir(self):
         return os.path.join(self.build_dir, "provider")
-
-    def config_env(self):
-        return {
-            "AZIOT_CERTD_CONFIG": self.config_file,
-            "AZIOT_CERTD_CONFIG_DIR": self.config_d,
-        }
 
     def write_principals(self, entries):
         """Replaces config.d/principals.toml (atomically) with [[principal]] uid, certs globs."""
@@ -208,9 +215,7 @@ class CertsServices:
         os.rename(tmp, os.path.join(self.config_d, "principals.toml"))
 
     def write_config(self, max_requests=None):
-        os.makedirs(self.certd_home, mode=0o700, exist_ok=True)
-        os.makedirs(self.config_d, mode=0o700, exist_ok=True)
-        os.makedirs(self.socket_dir, mode=0o755, exist_ok=True)
+        self.make_dirs()
         lines = []
         if max_requests is not None:
             lines.append(f"max_requests = {int(max_requests)}")
@@ -221,20 +226,6 @@ class CertsServices:
 
     def start(self, max_requests=None, gateway=True):
         self.write_config(max_requests)
-        env = dict(self.config_env())
-        env["OPENSSL_MODULES"] = self.provider_dir
-        env.update(self.certd_env)
-        self.stack.write_service_file(CERTS_BUS_NAME, [self.certd_binary, *self.certd_args],
-                                      env=env)
+        self.write_service_file({"OPENSSL_MODULES": self.provider_dir})
         if gateway:
-            self.start_gateway()
-
-    def start_gateway(self):
-        env = dict(self.config_env())
-        env.update(self.gateway_env)
-        self.gateway = self.stack.start_process(
-            "gateway-certd", [self.gateway_binary, "--certd-socket", self.certd_socket], env=env)
-        aziot_harness._wait_until(lambda: os.path.exists(self.certd_socket), 10,
-                                  "the gateway's certd socket",
-                                  on_timeout=lambda: self.gateway.log())
-        return self.gateway
+            self.start_gateway("gateway-certd")
