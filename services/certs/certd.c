@@ -4,6 +4,7 @@
 #include "bus-util.h"
 #include "certd.h"
 #include "certs-config.h"
+#include "certs-enroll.h"
 #include "certs-object.h"
 #include "log.h"
 #include "macro.h"
@@ -16,6 +17,7 @@ static void manager_free(Manager *m)
 {
         if (!m)
                 return;
+        certs_enroll_done(m);
         config_watch_free(m->config_watch);
         polkit_registry_free(m->polkit_registry);
         sd_bus_slot_unref(m->object_slot);
@@ -59,6 +61,13 @@ static int manager_apply(Manager *m, CertsConfig *c, ConfigError *err)
         r = certs_store_set_preloaded(m->store, c->preloaded, err);
         if (r < 0)
                 return r;
+        /* Needs the new preloaded certificates; on failure the old ones come back. */
+        r = certs_enroll_prepare(m, c, err);
+        if (r < 0) {
+                if (m->config.root)
+                        (void)certs_store_set_preloaded(m->store, m->config.preloaded, NULL);
+                return r;
+        }
         principal_set_done(&m->principals);
         m->principals = c->principals;
         c->principals = (PrincipalSet){};
@@ -66,6 +75,7 @@ static int manager_apply(Manager *m, CertsConfig *c, ConfigError *err)
         certs_config_done(&m->config);
         m->config = *c;
         *c = (CertsConfig){};
+        certs_enroll_apply(m);
         return 0;
 }
 
@@ -129,7 +139,8 @@ static bool manager_busy(void *userdata)
 {
         Manager *m = userdata;
 
-        return polkit_registry_busy(m->polkit_registry);
+        /* With EST identities to renew, certd stays up (as upstream's, which never exits). */
+        return polkit_registry_busy(m->polkit_registry) || certs_enroll_busy(m);
 }
 
 static int manager_connect_bus(Manager *m)
@@ -157,6 +168,9 @@ static int manager_new(Manager **ret)
         r = service_event_new(&m->event);
         if (r < 0)
                 return r;
+        r = certs_enroll_init(m);
+        if (r < 0)
+                return r;
 
         *ret = TAKE_PTR(m);
         return 0;
@@ -170,10 +184,12 @@ static int run(uint64_t idle_usec)
         r = manager_new(&m);
         if (r < 0)
                 return r;
-        r = manager_load_config(m);
+        /* The bus first: applying the configuration may call keyd (to finish an interrupted
+         * renewal) and announce certificates. Nothing is dispatched before the name is taken. */
+        r = manager_connect_bus(m);
         if (r < 0)
                 return r;
-        r = manager_connect_bus(m);
+        r = manager_load_config(m);
         if (r < 0)
                 return r;
 

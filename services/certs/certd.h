@@ -5,9 +5,12 @@
 #include <systemd/sd-event.h>
 
 #include "bus-caller.h"
+#include "cert-renewal.h"
 #include "certs-config.h"
 #include "certs-store.h"
+#include "certs-openssl.h"
 #include "config-watch.h"
+#include "http-client.h"
 #include "polkit.h"
 #include "principal.h"
 
@@ -20,6 +23,8 @@
 #define CERTS_ERROR_NOT_FOUND "org.aziot.Certificates1.Error.NotFound"
 #define CERTS_ERROR_NOT_AUTHORIZED "org.aziot.Certificates1.Error.NotAuthorized"
 #define CERTS_ERROR_FAILED "org.aziot.Certificates1.Error.Failed"
+
+typedef struct EnrollTask EnrollTask;
 
 typedef struct Manager {
         sd_event *event;
@@ -35,6 +40,13 @@ typedef struct Manager {
         ConfigWatch *config_watch;
 
         uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
+
+        /* EST (certs-enroll.h) */
+        HttpClient *http;
+        RenewalEngine *renewal;
+        X509Stack *est_trusted;  /* [cert_issuance.est] trusted_certs */
+        EnrollTask *tasks;       /* waiting, in order */
+        EnrollTask *running;
 } Manager;
 
 int certs_dbus_register(Manager *m);

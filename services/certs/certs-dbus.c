@@ -9,6 +9,7 @@
 #include "aziot-key.h"
 #include "bus-authorize.h"
 #include "certd.h"
+#include "certs-enroll.h"
 #include "certs-issue.h"
 #include "certs-object.h"
 #include "certs-openssl.h"
@@ -238,9 +239,6 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                 if (issuance.method == CERTS_ISSUANCE_NONE)
                         return sd_bus_error_set(error, CERTS_ERROR_FAILED,
                                                 "issuer is required for locally-issued certs");
-                if (issuance.method == CERTS_ISSUANCE_EST)
-                        return sd_bus_error_set(error, CERTS_ERROR_FAILED,
-                                                "EST issuance is not supported yet");
         }
 
         /* An explicit issuer is the caller's choice: the caller must be allowed its certificate
@@ -249,6 +247,9 @@ static int method_create_certificate(sd_bus_message *msg, void *userdata, sd_bus
                       error);
         if (r <= 0)
                 return r < 0 ? r : 1;
+
+        if (!(o.present & OPTION_ISSUER) && issuance.method == CERTS_ISSUANCE_EST)
+                return certs_enroll_issue(m, msg, id, csr, issuance.subject, error);
 
         opts = (CertsIssueOptions){ .subject = issuance.subject,
                                     .expiry_days = issuance.expiry_days };
@@ -467,6 +468,7 @@ static const sd_bus_vtable certs_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("ListCertificates", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_RESULT("as", cert_ids), method_list_certificates,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_ARGS("CertificateRenewed", SD_BUS_ARGS("s", cert_id), 0),
         SD_BUS_VTABLE_END,
 };
 

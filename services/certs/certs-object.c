@@ -184,12 +184,26 @@ static int property_get_cert(sd_bus *bus, const char *path, const char *interfac
         return r;
 }
 
-/* Renewal is not implemented: every certificate is "none". */
-static int property_get_renewal_state(sd_bus *bus, const char *path, const char *interface,
-                                      const char *property, sd_bus_message *reply, void *userdata,
-                                      sd_bus_error *error)
+/* What the renewal engine says of the id: "none" when it does not track it. */
+static int property_get_renewal(sd_bus *bus, const char *path, const char *interface,
+                                const char *property, sd_bus_message *reply, void *userdata,
+                                sd_bus_error *error)
 {
-        return sd_bus_message_append(reply, "s", "none");
+        _cleanup_free_ char *id = NULL;
+        Manager *m = userdata;
+        RenewalState state;
+        uint64_t next = 0;
+        int r;
+
+        r = sd_bus_path_decode(path, CERT_PATH_PREFIX, &id);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -ENXIO;
+        state = renewal_engine_state(m->renewal, id, &next);
+        if (streq(property, "RenewalState"))
+                return sd_bus_message_append(reply, "s", renewal_state_to_string(state));
+        return sd_bus_message_append(reply, "t", next);
 }
 
 static const sd_bus_vtable cert_vtable[] = {
@@ -205,7 +219,9 @@ static const sd_bus_vtable cert_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
         SD_BUS_PROPERTY("Serial", "s", property_get_cert, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_INVALIDATION),
-        SD_BUS_PROPERTY("RenewalState", "s", property_get_renewal_state, 0,
+        SD_BUS_PROPERTY("RenewalState", "s", property_get_renewal, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("NextRenewal", "t", property_get_renewal, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };
@@ -242,6 +258,33 @@ void certs_object_emit_stored(Manager *m, const char *id, bool existed)
                                                            NULL);
         if (r < 0)
                 log_debug_errno(r, "Failed to announce the certificate %s: %m", id);
+}
+
+void certs_object_emit_renewal_state(Manager *m, const char *id)
+{
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (!m->bus)
+                return;
+        r = sd_bus_path_encode(CERT_PATH_PREFIX, id, &path);
+        if (r >= 0)
+                r = sd_bus_emit_properties_changed(m->bus, path, CERTS_CERT_INTERFACE,
+                                                   "RenewalState", "NextRenewal", NULL);
+        if (r < 0)
+                log_debug_errno(r, "Failed to announce the renewal state of %s: %m", id);
+}
+
+void certs_object_emit_renewed(Manager *m, const char *id)
+{
+        int r;
+
+        if (!m->bus)
+                return;
+        r = sd_bus_emit_signal(m->bus, CERTS_OBJECT_PATH, CERTS_INTERFACE, "CertificateRenewed",
+                               "s", id);
+        if (r < 0)
+                log_debug_errno(r, "Failed to announce the renewal of %s: %m", id);
 }
 
 void certs_object_emit_removed(Manager *m, const char *id)

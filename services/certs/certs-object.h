@@ -18,5 +18,11 @@ bool certs_object_exists(Manager *m, const char *id);
  * certificate's properties). Failures are logged only: the write has happened. */
 void certs_object_emit_stored(Manager *m, const char *id, bool existed);
 
+/* The renewal state or next renewal time of id changed: PropertiesChanged. */
+void certs_object_emit_renewal_state(Manager *m, const char *id);
+
+/* id was renewed (and stored, announced by certs_object_emit_stored()): CertificateRenewed. */
+void certs_object_emit_renewed(Manager *m, const char *id);
+
 /* After id was deleted: InterfacesRemoved. */
 void certs_object_emit_removed(Manager *m, const char *id);

@@ -22,6 +22,7 @@
 
 struct CertsStore {
         char *certs_dir;
+        char *pending_dir;
         CertsPreloadedSet preloaded;
         char **index; /* not NULL-terminated */
         size_t n_index;
@@ -297,6 +298,10 @@ int certs_store_new(const char *homedir, CertsStore **ret)
                 s->certs_dir = NULL;
                 return -ENOMEM;
         }
+        if (asprintf(&s->pending_dir, "%s/" CERTS_PENDING_DIR, homedir) < 0) {
+                s->pending_dir = NULL;
+                return -ENOMEM;
+        }
         r = index_load(s);
         if (r < 0)
                 return r;
@@ -313,6 +318,7 @@ CertsStore *certs_store_free(CertsStore *s)
                 free(s->index[i]);
         free(s->index);
         free(s->certs_dir);
+        free(s->pending_dir);
         free(s);
         return NULL;
 }
@@ -561,4 +567,69 @@ int certs_store_list(CertsStore *s, char ***ret_ids, size_t *ret_n)
         if (ret_n)
                 *ret_n = n;
         return 0;
+}
+
+/* ---- renewed certificates not committed yet ---- */
+
+static int pending_path(CertsStore *s, const char *id, char **ret)
+{
+        _cleanup_free_ char *name = NULL;
+        int r;
+
+        r = certs_file_name(id, &name);
+        if (r < 0)
+                return r;
+        if (asprintf(ret, "%s/%s", s->pending_dir, name) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+int certs_store_put_pending(CertsStore *s, const char *id, const char *pem, size_t len)
+{
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (len > CERTS_PEM_MAX)
+                return -EFBIG;
+        r = certs_pem_check(pem, len);
+        if (r < 0)
+                return r;
+        r = pending_path(s, id, &path);
+        if (r < 0)
+                return r;
+        r = mkdir_parents(s->pending_dir, 0700);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create %s: %m", s->pending_dir);
+        r = write_file_atomic(path, pem, len, CERT_FILE_MODE);
+        if (r < 0)
+                return log_error_errno(r, "Failed to write %s: %m", path);
+        return 0;
+}
+
+int certs_store_get_pending(CertsStore *s, const char *id, char **ret_pem, size_t *ret_len)
+{
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = pending_path(s, id, &path);
+        if (r < 0)
+                return r;
+        return read_file_full(path, CERTS_PEM_MAX, ret_pem, ret_len);
+}
+
+int certs_store_drop_pending(CertsStore *s, const char *id)
+{
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int dir_fd = -EBADF;
+        int r;
+
+        r = pending_path(s, id, &path);
+        if (r < 0)
+                return r;
+        if (unlink(path) < 0)
+                return errno == ENOENT ? 0 : log_error_errno(errno, "Failed to remove %s: %m", path);
+        dir_fd = open(s->pending_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd >= 0 && fsync(dir_fd) < 0)
+                return log_error_errno(errno, "Failed to flush %s: %m", s->pending_dir);
+        return 1;
 }

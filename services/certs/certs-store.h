@@ -96,6 +96,16 @@ int certs_store_adopt(CertsStore *s, const char *id);
  * and preloaded ids that resolve. Sorted (strcmp), NULL-terminated; *ret_n may be NULL. */
 int certs_store_list(CertsStore *s, char ***ret_ids, size_t *ret_n);
 
+/* Renewed certificates that are not committed yet, kept under <homedir>/renewal (same file
+ * names, mode 0644 in a 0700 directory) so that a renewal interrupted between replacing the key
+ * and replacing the certificate can be finished at the next start (certs-enroll.h). Not
+ * listed, not served. get: -ENOENT when there is none; drop: 1 when one was removed, 0 when there
+ * was none. */
+#define CERTS_PENDING_DIR "renewal"
+int certs_store_put_pending(CertsStore *s, const char *id, const char *pem, size_t len);
+int certs_store_get_pending(CertsStore *s, const char *id, char **ret_pem, size_t *ret_len);
+int certs_store_drop_pending(CertsStore *s, const char *id);
+
 /* Checks that pem holds one or more PEM blocks, every one a CERTIFICATE that parses, and no NUL
  * byte. Text outside the blocks is allowed (as OpenSSL allows it: "Bag Attributes", "subject="
  * lines of openssl's output). Returns the number of certificates, or -EBADMSG. */

@@ -207,7 +207,8 @@ class CertdTestCase(unittest.TestCase):
             keyd_dir = os.path.join(cls.run_dir, "keyd")
             os.makedirs(os.path.join(keyd_dir, "config.d"))
             with open(os.path.join(keyd_dir, "config.toml"), "w") as f:
-                f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n')
+                f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n'
+                        f'{cls.keyd_extra_config()}')
             cls.stack.start_process(
                 "keyd", [KEYD, "--idle-timeout=0"],
                 env={"AZIOT_KEYD_CONFIG": os.path.join(keyd_dir, "config.toml"),
@@ -226,6 +227,11 @@ class CertdTestCase(unittest.TestCase):
             cls.stack.stop()
             print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
             raise
+
+    @classmethod
+    def keyd_extra_config(cls):
+        """More of keyd's config.toml (a subclass's [preloaded_keys])."""
+        return ""
 
     @classmethod
     def tearDownClass(cls):
@@ -278,11 +284,11 @@ class CertdTestCase(unittest.TestCase):
         with open(self.config, "w") as f:
             f.write(f'homedir_path = "{self.home}"\n{extra}')
 
-    def start_certd(self, idle_timeout=0):
+    def start_certd(self, idle_timeout=0, env=None):
         return self.stack.start_process(
             "certd", [CERTD, f"--idle-timeout={idle_timeout}"],
             env={"AZIOT_CERTD_CONFIG": self.config, "AZIOT_CERTD_CONFIG_DIR": self.config_dir,
-                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
+                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR, **(env or {})},
             wait_bus_name=CERTS_NAME)
 
     def tearDown(self):
@@ -540,9 +546,10 @@ method = "est"
         self.assertFails(FAILED, None, self.call, "CreateCertificate", "dev-local", csr, {})
         self.assertFails(NOT_FOUND, None, self.call, "GetCertificate", "dev-local", {})
 
-    def test_est_is_not_served_yet(self):
+    def test_est_without_url_says_so(self):
+        # EST itself: tests/bus/test_certs_est.py. Without any [cert_issuance.est], as upstream.
         _, csr = make_csr("device")
-        self.assertFails(FAILED, "EST issuance is not supported yet", self.call,
+        self.assertFails(FAILED, "EST URL is not configured", self.call,
                          "CreateCertificate", "dev-est", csr, {})
 
     def test_issuance_options_are_reloaded(self):
@@ -558,7 +565,7 @@ method = "est"
         with open(tmp, "w") as f:
             f.write('[cert_issuance.later]\nmethod = "est"\n')
         os.rename(tmp, os.path.join(self.config_dir, "later.toml"))
-        wait_until(lambda: message() == "EST issuance is not supported yet", RELOAD_TIMEOUT,
+        wait_until(lambda: message() == "EST URL is not configured", RELOAD_TIMEOUT,
                    "the issuance options to be reloaded")
         # A broken file keeps what is in force.
         with open(tmp, "w") as f:
@@ -566,7 +573,7 @@ method = "est"
         os.rename(tmp, os.path.join(self.config_dir, "later.toml"))
         wait_until(lambda: "Keeping the previous configuration" in self.certd.log(),
                    RELOAD_TIMEOUT, "the broken configuration to be refused")
-        self.assertEqual(message(), "EST issuance is not supported yet")
+        self.assertEqual(message(), "EST URL is not configured")
 
     def test_invalid_configuration_is_refused(self):
         self.stack.stop_process("certd")

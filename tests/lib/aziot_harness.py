@@ -197,12 +197,14 @@ def setpriv_argv(user, groups=None, pdeathsig=None):
 
 
 class Process:
-    """A process the stack started: name, Popen object, log file."""
+    """A process the stack started: name, Popen object, log file (shared by the processes of the
+    same name, one after the other; log() is this one's part, from log_offset)."""
 
-    def __init__(self, name, popen, log_path):
+    def __init__(self, name, popen, log_path, log_offset=0):
         self.name = name
         self.popen = popen
         self.log_path = log_path
+        self.log_offset = log_offset
 
     @property
     def pid(self):
@@ -212,16 +214,17 @@ class Process:
         return self.popen.poll() is None
 
     def log(self):
-        return _read_text(self.log_path)
+        return _read_text(self.log_path, self.log_offset)
 
     def __repr__(self):
         return f"<Process {self.name} pid={self.pid}>"
 
 
-def _read_text(path):
+def _read_text(path, offset=0):
     try:
-        with open(path, errors="replace") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
     except FileNotFoundError:
         return ""
 
@@ -468,9 +471,13 @@ class Stack:
         """
         if name in self.processes and self.processes[name].alive():
             raise HarnessError(f"a process named {name} is already running")
+        try:
+            offset = os.path.getsize(os.path.join(self.logs_dir, f"{name}.log"))
+        except FileNotFoundError:
+            offset = 0
         popen, log_path = self._spawn(name, argv, self.child_env(env), user=user, groups=groups,
                                       cwd=cwd)
-        process = Process(name, popen, log_path)
+        process = Process(name, popen, log_path, offset)
         self.processes[name] = process
         if wait_bus_name:
             try:
