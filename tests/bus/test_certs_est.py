@@ -525,6 +525,40 @@ class EstRenewalTest(EstTestCase):
         self.assertEqual(last.client_cert.serial_number, self.identity().serial_number)
 
 
+class EstReloadTest(EstTestCase):
+    def test_reload_rebuilds_the_renewal_set(self):
+        self.est.policy = mock_est.Policy(client_cert=True)  # 30-day certificates
+        config = self.est_config("x509")
+        self.restart_certd(config)
+        self.create()
+        state, first = self.renewal_props()
+        self.assertEqual(state, "scheduled")
+        lifetime = self.identity().not_valid_after - self.identity().not_valid_before
+        start = self.identity().not_valid_before.replace(
+            tzinfo=__import__("datetime").timezone.utc).timestamp()
+        self.assertAlmostEqual(first / 1e6, start + lifetime.total_seconds() * 0.8, delta=2)
+        # Another threshold: rescheduled.
+        self.write_config(self.est_config("x509", renew={"threshold": "50%"}))
+        wait_until(lambda: self.renewal_props()[1] != first, 10, "the new schedule")
+        self.assertAlmostEqual(self.renewal_props()[1] / 1e6,
+                               start + lifetime.total_seconds() * 0.5, delta=2)
+        # The configuration no longer names the identity: not renewed any more.
+        self.write_config(self.est_config("basic"))
+        wait_until(lambda: self.renewal_props()[0] == "none", 10, "the identity to be dropped")
+        self.assertEqual(self.renewal_props()[1], 0)
+        # Named again.
+        self.write_config(config)
+        wait_until(lambda: self.renewal_props()[0] == "scheduled", 10,
+                   "the identity to be tracked again")
+        # A reload that cannot load trusted_certs keeps everything as it was.
+        self.write_config(config.replace('trusted_certs = ["est-server-ca"]',
+                                         'trusted_certs = ["missing"]'))
+        wait_until(lambda: "Keeping the previous configuration" in self.certd.log(), 10,
+                   "the reload to be refused")
+        self.assertEqual(self.renewal_props()[0], "scheduled")
+        self.create("device2", "device-2")
+
+
 class EstCrashTest(EstTestCase):
     """kill -9 during a renewal loses neither the old nor the new certificate and key."""
 
