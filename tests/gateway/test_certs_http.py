@@ -12,6 +12,11 @@ Issued certificates are checked with `openssl verify` and python-cryptography; w
 by the upstream file name rule (spec §3.6); every status, header and message against spec
 §1.3/§1.4/§3.1-§3.3, and every answer against interfaces/certs.yaml.
 
+EST issuance through the gateway: certd configured for the mock EST server of
+tests/cloud/mock_est.py (HTTP Basic; its server CA preloaded and named by trusted_certs; one mock
+per class), POST /certificates without an issuer for an id of method "est". Throttling (spec
+§1.2): certd's max_requests, enforced by the gateway on certd.sock per client uid.
+
 Where certd deliberately differs from upstream it is asserted as such: PUT refuses a body that is
 not PEM certificates (400 'parameter "pem" has an invalid value\\ncaused by: not PEM
 certificates'; upstream stores anything — docs/design.md says why).
@@ -40,9 +45,11 @@ CERTD = os.path.join(BUILD_DIR, "services", "certs", "aziot-certd")
 PROVIDER_DIR = os.path.join(BUILD_DIR, "provider")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
 import aziot_harness  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
+import mock_est  # noqa: E402
 from aziot_http import Agent, AgentError, Connection, curl, request_bytes  # noqa: E402
 
 from cryptography import x509  # noqa: E402
@@ -59,6 +66,7 @@ PROVIDER = ["-provider-path", PROVIDER_DIR, "-provider", "aziot", "-provider", "
 POLL_TIMEOUT = 10
 NOT_FOUND = 'parameter "id" has an invalid value\ncaused by: not found'
 INTERNAL = "internal error"
+EST_BASIC = ("gw-device", "gw-s3cret")
 
 OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "certs.yaml"))
 
@@ -84,6 +92,11 @@ def pem_blocks(pem):
             for b in pem.split(end) if "-----BEGIN CERTIFICATE-----" in b]
 
 
+def spki(public_key):
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def make_csr(common_name):
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (x509.CertificateSigningRequestBuilder()
@@ -106,7 +119,14 @@ def poll(predicate, what, timeout=POLL_TIMEOUT):
 class CertsHttpTestCase(unittest.TestCase):
     """A stack per class: bus, polkitd, keyd and certd activatable (no idle exit) and the gateway
     on run_dir/sockets/certd.sock, mode 0660 and group aziotcs as a packaged socket unit makes
-    it."""
+    it. A class may set MAX_REQUESTS (certd's max_requests) and add to certd's config.toml
+    (certd_extra_config())."""
+
+    MAX_REQUESTS = None
+
+    @classmethod
+    def certd_extra_config(cls):
+        return ""
 
     @classmethod
     def setUpClass(cls):
@@ -130,8 +150,8 @@ class CertsHttpTestCase(unittest.TestCase):
             cls.keys.start(gateway=False)
             cls.services = aziot_stack.CertsServices(
                 cls.stack, certd_args=["--idle-timeout=0"], certd_env={"AZIOT_LOG": "debug"},
-                gateway_env={"AZIOT_LOG": "debug"})
-            cls.services.start()
+                gateway_env={"AZIOT_LOG": "debug"}, extra_config=cls.certd_extra_config())
+            cls.services.start(max_requests=cls.MAX_REQUESTS)
             cls.sock = cls.services.certd_socket
             os.chown(cls.sock, 0, cls.certs_gid)
             cls.certs_dir = os.path.join(cls.services.certd_home, "certs")
@@ -209,12 +229,13 @@ class CertsHttpTestCase(unittest.TestCase):
     # -- HTTP -------------------------------------------------------------------------------
 
     def http(self, method, path, body=None, version=API, via=None,
-             content_type="application/json", raw=None):
-        """One request on a new connection (via: an Agent, to ask as its user); the answer is
-        checked against certs.yaml."""
+             content_type="application/json", raw=None, conn=None):
+        """One request on a new connection (via: an Agent, to ask as its user), or on conn (left
+        open); the answer is checked against certs.yaml."""
         target = path if version is None else \
             f"{path}{'&' if '?' in path else '?'}api-version={version}"
-        c = via.connect(self.sock) if via else Connection(self.sock)
+        c = conn if conn is not None else \
+            via.connect(self.sock) if via else Connection(self.sock)
         try:
             if raw is not None:
                 c.send(raw(target))
@@ -222,7 +243,8 @@ class CertsHttpTestCase(unittest.TestCase):
                 c.send(request_bytes(method, target, body, None, content_type))
             r = c.read_response()
         finally:
-            c.close()
+            if conn is None:
+                c.close()
         self.assertDocumented(method, path, r, body)
         return r
 
@@ -608,6 +630,194 @@ class AuthorizationTest(CertsHttpTestCase):
         # Other ids stay refused.
         self.assertError(self.http("PUT", "/certificates/other", {"pem": self.ca_pem},
                                    via=self.a), 401, not_authorized(self.uid_a, "other"))
+
+
+class EstHttpTestCase(CertsHttpTestCase):
+    """certd issues "device" by EST: the mock EST server (Basic auth EST_BASIC required) is started
+    before the stack; certd is configured with EST_PASSWORD."""
+
+    EST_PASSWORD = EST_BASIC[1]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.est_dir = tempfile.mkdtemp(prefix="aziot-gwc-est-", dir="/tmp")
+        os.chmod(cls.est_dir, 0o700)
+        cls.est = mock_est.MockEst(cls.est_dir, basic=EST_BASIC)
+        cls.est.start()
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.est.stop()
+            shutil.rmtree(cls.est_dir, ignore_errors=True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.est.stop()
+        shutil.rmtree(cls.est_dir, ignore_errors=True)
+        super().tearDownClass()
+
+    @classmethod
+    def certd_extra_config(cls):
+        return "\n".join([
+            "[preloaded_certs]",
+            f'est-server-ca = "file://{cls.est.server_ca_path}"',
+            "",
+            "[cert_issuance.est]",
+            'trusted_certs = ["est-server-ca"]',
+            f'username = "{EST_BASIC[0]}"',
+            f'password = "{cls.EST_PASSWORD}"',
+            "",
+            "[cert_issuance.est.urls]",
+            f'default = "{cls.est.url}"',
+            "",
+            "[cert_issuance.device]",
+            'method = "est"',
+            ""])
+
+    def setUp(self):
+        self.mark = len(self.est.requests)
+
+    def est_requests(self, op=None):
+        """What reached the mock since setUp(): HTTP requests and refused connections alike
+        (op: only the HTTP requests of that operation)."""
+        return [r for r in self.est.requests[self.mark:] if op is None or r.op == op]
+
+    def verify_chain(self, pem):
+        """openssl verify of the first certificate of pem against the certificates after it."""
+        blocks = pem_blocks(pem)
+        d = tempfile.mkdtemp(dir=self.run_dir)
+        self.addCleanup(shutil.rmtree, d, True)
+        leaf, chain = os.path.join(d, "leaf.pem"), os.path.join(d, "chain.pem")
+        with open(leaf, "wb") as f:
+            f.write(blocks[0].public_bytes(serialization.Encoding.PEM))
+        with open(chain, "wb") as f:
+            for b in blocks[1:]:
+                f.write(b.public_bytes(serialization.Encoding.PEM))
+        return self.openssl("verify", "-CAfile", chain, leaf, check=False)
+
+
+class EstHttpTest(EstHttpTestCase):
+    def test_create_by_est(self):
+        key, csr = make_csr("est-device-1")
+        pem = self.ok("POST", "/certificates", self.create_body("device", csr, None), 201)["pem"]
+        blocks = pem_blocks(pem)
+        self.assertGreaterEqual(len(blocks), 2, pem)
+        leaf = blocks[0]
+        self.assertEqual(spki(leaf.public_key()), spki(key.public_key()))
+        self.assertEqual(leaf.subject.rfc4514_string(), "CN=est-device-1")
+        r = self.verify_chain(pem)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # The chain after the leaf is the mock's /cacerts, not our test CA.
+        with open(self.est.est_ca_path) as f:
+            self.assertEqual(blocks[1:], pem_blocks(f.read()))
+        self.assertNotIn(pem_blocks(self.ca_pem)[0], blocks)
+        # Issued by the mock, for this CSR, with the configured Basic credentials.
+        enroll, = self.est_requests("simpleenroll")
+        self.assertEqual((enroll.status, enroll.username, enroll.password_ok),
+                         (200, EST_BASIC[0], True))
+        self.assertEqual(spki(enroll.csr.public_key()), spki(key.public_key()))
+        self.assertEqual(enroll.issued, leaf)
+        self.assertEqual(self.stored("device"), pem)
+        self.assertEqual(self.ok("GET", "/certificates/device"), {"pem": pem})
+        # As a user types it: the same.
+        r = self.curl("GET", "/certificates/device")
+        self.assertEqual((r.status, r.json()), (200, {"pem": pem}))
+
+    def test_unprivileged_user_reaches_no_est_server(self):
+        before = self.stored("device")
+        _, csr = make_csr("est-device-2")
+        a = self.agent_as(USER_A)
+        self.assertError(self.http("POST", "/certificates", self.create_body("device", csr, None),
+                                   via=a), 401, not_authorized(self.uid_a, "device"))
+        r = self.curl("POST", "/certificates", self.create_body("device", csr, None), user=USER_A)
+        self.assertError(r, 401, not_authorized(self.uid_a, "device"))
+        self.assertEqual(self.est_requests(), [])
+        self.assertEqual(self.stored("device"), before)
+        # The same request from root does reach the server: the refusal above was the caller's.
+        self.ok("POST", "/certificates", self.create_body("device", csr, None), 201)
+        self.assertEqual(len(self.est_requests("simpleenroll")), 1)
+
+
+class EstWrongPasswordHttpTest(EstHttpTestCase):
+    EST_PASSWORD = "not-" + EST_BASIC[1]
+
+    def test_wrong_password_is_an_internal_error(self):
+        _, csr = make_csr("est-device-3")
+        r = self.http("POST", "/certificates", self.create_body("device", csr, None))
+        self.assertError(r, 500, INTERNAL)
+        self.assertEqual(r.body, b'{"message":"internal error"}')
+        # certd did ask, with the configured (wrong) password, and was refused.
+        enrolls = self.est_requests("simpleenroll")
+        self.assertEqual([(e.status, e.username, e.password_ok) for e in enrolls],
+                         [(401, EST_BASIC[0], False)])
+        self.assertIsNone(self.stored("device"))
+        self.assertError(self.http("GET", "/certificates/device"), 400, NOT_FOUND)
+
+
+class ThrottlingTest(CertsHttpTestCase):
+    """spec §1.2 on certd.sock: max_requests simultaneous connections per uid; the one beyond
+    is closed unanswered."""
+
+    MAX_REQUESTS = 3
+
+    def served(self, conn):
+        r = self.http("GET", "/certificates/ca", conn=conn)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertJsonHeaders(r)
+        self.assertEqual(r.json(), {"pem": self.ca_pem})
+
+    def assertDropped(self, conn):
+        try:
+            conn.send(request_bytes("GET", f"/certificates/ca?api-version={API}"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed before the request went out
+        self.assertTrue(conn.is_closed(), "the connection over the limit got an answer")
+
+    def throttled_lines(self, uid):
+        return self.gateway_log().count(f"Max simultaneous connections reached for user {uid}\n")
+
+    def test_connections_per_uid(self):
+        a = self.agent_as(USER_A)
+        held = [a.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
+        for conn in held:
+            self.served(conn)
+
+        self.assertDropped(a.connect(self.sock))
+        poll(lambda: self.throttled_lines(self.uid_a) == 1, "the throttling log line")
+
+        # Meanwhile another uid, and root, are served, each up to the limit.
+        b = self.agent_as(USER_B)
+        others = [b.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
+        others += [self.connect_as_root() for _ in range(self.MAX_REQUESTS)]
+        for conn in others:
+            self.served(conn)
+        # The held connections still are.
+        for conn in held:
+            self.served(conn)
+        self.assertEqual((self.throttled_lines(self.uid_b), self.throttled_lines(0)), (0, 0))
+
+        # One goes: a new one of a's is served, once the gateway has seen it go.
+        held.pop().close()
+
+        def a_new_one_is_served():
+            conn = a.connect(self.sock)
+            try:
+                self.served(conn)
+                return conn
+            except (EOFError, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                return None
+        held.append(poll(a_new_one_is_served, "a freed slot to be usable"))
+        # The slot is taken again: the limit still holds.
+        self.assertDropped(a.connect(self.sock))
+        for conn in held:
+            self.served(conn)
+
+    def connect_as_root(self):
+        c = Connection(self.sock)
+        self.addCleanup(c.close)
+        return c
 
 
 if __name__ == "__main__":

@@ -187,15 +187,18 @@ class CertsServices(_Service):
     """certd (D-Bus activatable, with the OpenSSL provider of the build for keys held by keyd) and
     the gateway on certd.sock, next to a KeysServices started without its gateway. certd's home is
     run_dir/certd, its configuration run_dir/config/certd (principals: config.d/principals.toml,
-    rewritable by tests), its socket run_dir/sockets/certd.sock."""
+    rewritable by tests), its socket run_dir/sockets/certd.sock. extra_config: TOML appended to
+    config.toml after certd's own keys (tables such as [preloaded_certs], [cert_issuance.*])."""
 
     name = "certd"
     bus_name = CERTS_BUS_NAME
     binary_path = ("services", "certs", "aziot-certd")
 
-    def __init__(self, stack, certd_args=(), certd_env=None, gateway_env=None, principals=()):
+    def __init__(self, stack, certd_args=(), certd_env=None, gateway_env=None, principals=(),
+                 extra_config=""):
         super().__init__(stack, certd_args, certd_env, gateway_env, principals)
         self.certd_home, self.certd_socket = self.home, self.socket
+        self.extra_config = extra_config
 
     @property
     def certd_binary(self):
@@ -220,6 +223,8 @@ class CertsServices(_Service):
         if max_requests is not None:
             lines.append(f"max_requests = {int(max_requests)}")
         lines += [f'homedir_path = "{self.certd_home}"', ""]
+        if self.extra_config:
+            lines += [self.extra_config, ""]
         with open(self.config_file, "w") as f:
             f.write("\n".join(lines))
         self.write_principals(self.principals)
