@@ -21,20 +21,7 @@ static const char *const certs_api_versions[] = {
  * decode. */
 static int decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values)
 {
-        JsonError error;
-        int r;
-
-        if (!call->body) {
-                route_reply_error(call, 400, "missing request body");
-                return 0;
-        }
-        r = json_decode_body(call->body, call->body_len, "struct Request", fields, n, values,
-                             &error, NULL, NULL);
-        if (r == -EINVAL) {
-                route_reply_json_error(call, &error);
-                return 0;
-        }
-        return r < 0 ? r : 1;
+        return route_decode_body(call, fields, n, values, NULL, NULL);
 }
 
 /* D-Bus strings cannot hold U+0000, which JSON and percent-encoding can: such an argument is

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "macro.h"
 #include "routes.h"
+#include "tpm-routes.h"
 
 /* upstream's default for max_requests */
 #define DEFAULT_MAX_REQUESTS 10
@@ -30,7 +31,7 @@ static const struct {
         { "keyd", &keys_service },
         { "certd", &certs_service },
         { "identityd", NULL },
-        { "tpmd", NULL },
+        { "tpmd", &tpm_service },
 };
 
 #define N_SOCKETS ELEMENTSOF(sockets)
@@ -67,7 +68,7 @@ static void help(void)
                "  --keyd-socket PATH       serve keyd.sock at PATH\n"
                "  --certd-socket PATH      serve certd.sock at PATH\n"
                "  --identityd-socket PATH  (not served yet)\n"
-               "  --tpmd-socket PATH       (not served yet)\n"
+               "  --tpmd-socket PATH       serve tpmd.sock at PATH\n"
                "  -h, --help               show this help\n"
                "      --version            show the version\n\n"
                "Sockets passed by socket activation (LISTEN_FDS, named with LISTEN_FDNAMES: keyd,\n"
@@ -194,7 +195,7 @@ static int check_served(const Context *c)
         }
         if (n == 0) {
                 log_error("Nothing to serve: pass sockets by socket activation or use "
-                          "--keyd-socket PATH or --certd-socket PATH.");
+                          "--keyd-socket PATH, --certd-socket PATH or --tpmd-socket PATH.");
                 return -EINVAL;
         }
         return 0;

@@ -40,20 +40,7 @@ static void decoded_done(Decoded *d)
 /* Returns 1 with d filled, or 0 once answered: 400 without a body, 422 when it does not decode. */
 static int decode_body(RouteCall *call, Decoded *d)
 {
-        JsonError error;
-        int r;
-
-        if (!call->body) {
-                route_reply_error(call, 400, "missing request body");
-                return 0;
-        }
-        r = json_decode_body(call->body, call->body_len, "struct Request", d->fields, d->n,
-                             d->values, &error, &d->end_line, &d->end_column);
-        if (r == -EINVAL) {
-                route_reply_json_error(call, &error);
-                return 0;
-        }
-        return r < 0 ? r : 1;
+        return route_decode_body(call, d->fields, d->n, d->values, &d->end_line, &d->end_column);
 }
 
 /* 400 'parameter "<name>" has an invalid value' with its cause, logged as upstream logs it. */

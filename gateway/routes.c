@@ -267,6 +267,25 @@ void route_fail(RouteCall *call, int error)
         route_reply_error(call, 500, "internal error");
 }
 
+int route_decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values,
+                      unsigned *ret_end_line, unsigned *ret_end_column)
+{
+        JsonError error;
+        int r;
+
+        if (!call->body) {
+                route_reply_error(call, 400, "missing request body");
+                return 0;
+        }
+        r = json_decode_body(call->body, call->body_len, "struct Request", fields, n, values,
+                             &error, ret_end_line, ret_end_column);
+        if (r == -EINVAL) {
+                route_reply_json_error(call, &error);
+                return 0;
+        }
+        return r < 0 ? r : 1;
+}
+
 int route_new_method_call(RouteCall *call, const char *member, sd_bus_message **ret)
 {
         const Service *s = call->service;

@@ -98,6 +98,12 @@ void route_reply_json_error(RouteCall *call, const JsonError *e);
 /* 500 "internal error", logging why. */
 void route_fail(RouteCall *call, int error);
 
+/* Reads the request body as upstream's "struct Request" of fields into values. Returns 1 with
+ * values filled, 0 once answered (400 "missing request body", 422 when it does not decode), or a
+ * negative errno. ret_end_line/ret_end_column (may be NULL): where the body's object ends. */
+int route_decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values,
+                      unsigned *ret_end_line, unsigned *ret_end_column);
+
 /* A call of member on the service's object, on its private connection when there is one. */
 int route_new_method_call(RouteCall *call, const char *member, sd_bus_message **ret);
 /* Opens the trailing a{sv} options and puts the client socket in as "client-socket"; the caller

@@ -388,7 +388,7 @@ class Lifecycle(GatewayTestCase):
                               text=True, timeout=10, **kw)
 
     def test_refuses_unserved_sockets(self):
-        for name in ["identityd", "tpmd"]:
+        for name in ["identityd"]:
             r = self.run_gateway([f"--{name}-socket", os.path.join(self.tmp, f"{name}.sock")])
             self.assertNotEqual(r.returncode, 0)
             self.assertIn(f"does not serve {name}.sock yet", r.stdout + r.stderr)
