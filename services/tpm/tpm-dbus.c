@@ -176,6 +176,24 @@ static Call *call_new(CallKind kind, sd_bus_message *msg)
         return c;
 }
 
+/* A call with a copy of the bytes it works on (the message's are gone once the handler returns). */
+static Call *call_new_with_input(CallKind kind, sd_bus_message *msg, const void *data, size_t len)
+{
+        Call *c = call_new(kind, msg);
+
+        if (!c)
+                return NULL;
+        c->input = malloc(MAX(len, (size_t)1));
+        if (!c->input) {
+                call_free(c);
+                return NULL;
+        }
+        if (len)
+                memcpy(c->input, data, len);
+        c->input_len = len;
+        return c;
+}
+
 static BusAuthContext auth_context(Manager *m)
 {
         return (BusAuthContext){
@@ -283,16 +301,9 @@ static int method_import_auth_key(sd_bus_message *msg, void *userdata, sd_bus_er
                         return r < 0 ? r : 1;
         }
 
-        c = call_new(CALL_IMPORT, msg);
+        c = call_new_with_input(CALL_IMPORT, msg, blob, len);
         if (!c)
                 return -ENOMEM;
-        c->input = malloc(MAX(len, (size_t)1));
-        if (!c->input) {
-                call_free(c);
-                return -ENOMEM;
-        }
-        memcpy(c->input, blob, len);
-        c->input_len = len;
         log_info("Importing the TPM authentication key for uid %u.", (unsigned)uid);
         return submit(m, c, error);
 }
@@ -318,17 +329,9 @@ static int method_sign_with_auth_key(sd_bus_message *msg, void *userdata, sd_bus
                 return sd_bus_error_setf(error, TPM_ERROR_INVALID_PARAMETER,
                                          "parameter \"data\" is over %u bytes",
                                          TPM_SIGN_DATA_MAX);
-        c = call_new(CALL_SIGN, msg);
+        c = call_new_with_input(CALL_SIGN, msg, data, len);
         if (!c)
                 return -ENOMEM;
-        c->input = malloc(MAX(len, (size_t)1));
-        if (!c->input) {
-                call_free(c);
-                return -ENOMEM;
-        }
-        if (len)
-                memcpy(c->input, data, len);
-        c->input_len = len;
         return submit(m, c, error);
 }
 

@@ -181,7 +181,7 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.02)
 
 
-class CertdTestCase(unittest.TestCase):
+class CertdTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     """One stack (bus, polkitd) and one keyd (holding ca-key) per class; a fresh certd with a fresh
     home for every test, with the test CA imported as "ca"."""
 
@@ -292,20 +292,10 @@ class CertdTestCase(unittest.TestCase):
             wait_bus_name=CERTS_NAME)
 
     def tearDown(self):
-        for name in self.rules:
-            self.stack.remove_rules(name)
+        self.remove_test_rules()
         if "certd" in self.stack.processes:
             status = self.stack.stop_process("certd")
             self.assertEqual(status, 0, "certd did not exit cleanly on SIGTERM")
-
-    def run(self, result=None):
-        def problems(r):
-            return len(r.failures) + len(r.errors) if r is not None else 0
-        before = problems(result)
-        result = super().run(result)
-        if problems(result) > before:
-            type(self).failed = True
-        return result
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -336,11 +326,6 @@ class CertdTestCase(unittest.TestCase):
         if message is not None:
             self.assertEqual(cm.exception.message, message)
         return cm.exception
-
-    def add_rules(self, js):
-        name = f"50-{self.id().rsplit('.', 1)[-1]}-{len(self.rules)}"
-        self.stack.add_rules(name, js)
-        self.rules.append(name)
 
     def write_principals(self, entries):
         text = "".join(f"[[principal]]\nuid = {uid}\ncerts = {json.dumps(globs)}\n\n"

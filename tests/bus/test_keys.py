@@ -380,7 +380,7 @@ class KeydState:
         os.unlink(os.path.join(self.config_dir, f"{name}.toml"))
 
 
-class KeydTestCase(KeyStoreChecks, unittest.TestCase):
+class KeydTestCase(aziot_harness.StackTestMixin, KeyStoreChecks, unittest.TestCase):
     """One stack (bus, polkitd) per class. keyd_scope "test": a fresh keyd with a fresh home for
     every test; "class": one keyd for the whole class; None: the test starts what it needs.
     Where keys are stored, on every backend: KeyStoreChecks (aziot_keys_backend), on the test's
@@ -481,8 +481,7 @@ class KeydTestCase(KeyStoreChecks, unittest.TestCase):
         for peer, conn in self.peers:
             conn.close()
             peer.wait(10)
-        for name in self.rules:
-            self.stack.remove_rules(name)
+        self.remove_test_rules()
         if self.keyd_scope == "class":
             if not self.keyd.alive():
                 # This test killed the class's keyd: it fails, and the tests after it get a new
@@ -495,15 +494,6 @@ class KeydTestCase(KeyStoreChecks, unittest.TestCase):
             status = self.stack.stop_process("keyd")
             if not self.keyd_killed:
                 self.assertEqual(status, 0, "keyd did not exit cleanly on SIGTERM")
-
-    def run(self, result=None):
-        def problems(r):
-            return len(r.failures) + len(r.errors) if r is not None else 0
-        before = problems(result)
-        result = super().run(result)
-        if problems(result) > before:
-            type(self).failed = True  # keep this class's logs
-        return result
 
     def prepare_state(self, state):
         """Per-test preparation of the home and configuration before keyd starts."""
@@ -534,12 +524,6 @@ class KeydTestCase(KeyStoreChecks, unittest.TestCase):
             "GetConnectionUnixProcessID", "s", (KEYS_NAME,))
         self.assertEqual(owner, self.keyd.pid, "org.aziot.Keys1 is owned by another process")
         self.assertIsInstance(self.call("CreateKeyIfNotExists", "alive-check", ["sign"], {}), str)
-
-    def add_rules(self, js):
-        name = f"50-{self.id().rsplit('.', 1)[-1]}-{len(self.rules)}"
-        self.stack.add_rules(name, js)
-        self.rules.append(name)
-        return name
 
     def peer_as(self, user):
         """A process running as user, connected to a socket we accept: (popen, our end)."""

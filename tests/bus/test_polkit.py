@@ -77,7 +77,7 @@ def rule(js_condition, result="YES"):
             "});\n")
 
 
-class StackTestCase(unittest.TestCase):
+class StackTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     """One stack (bus, polkitd) per test class; rules added by a test are removed after it."""
 
     probe_args = []
@@ -121,23 +121,11 @@ class StackTestCase(unittest.TestCase):
         for peer, conn in self.peers:
             conn.close()
             peer.wait(10)
-        for name in self.rules:
-            self.stack.remove_rules(name)
+        self.remove_test_rules()
         if not self.stack.polkitd_running():
             self.stack.start_polkitd()
 
-    def run(self, result=None):
-        result = super().run(result)
-        if result is not None and not result.wasSuccessful():
-            type(self).failed = True  # keep the logs
-        return result
-
     # -- helpers ------------------------------------------------------------------------------
-
-    def add_rules(self, js):
-        name = f"50-{self.id().rsplit('.', 1)[-1]}-{len(self.rules)}"
-        self.stack.add_rules(name, js)
-        self.rules.append(name)
 
     def probe(self):
         return dbus.Interface(self.stack.bus().get_object(NAME, PATH, introspect=False), IFACE)

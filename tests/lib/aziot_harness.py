@@ -798,6 +798,37 @@ class Stack:
         return "\n".join(lines)
 
 
+class StackTestMixin:
+    """For unittest.TestCase classes that run on one Stack (cls.stack): a failed test marks the
+    class (cls.failed = True) so that tearDownClass keeps its logs, and add_rules() installs
+    polkit rules named after the test, which remove_test_rules() (call it in tearDown) takes
+    away again."""
+
+    failed = False
+
+    def run(self, result=None):
+        def problems(r):
+            return len(r.failures) + len(r.errors) if r is not None else 0
+        before = problems(result)
+        result = super().run(result)
+        if problems(result) > before:
+            type(self).failed = True
+        return result
+
+    def add_rules(self, js):
+        if not hasattr(self, "rules"):
+            self.rules = []
+        name = f"50-{self.id().rsplit('.', 1)[-1]}-{len(self.rules)}"
+        self.stack.add_rules(name, js)
+        self.rules.append(name)
+        return name
+
+    def remove_test_rules(self):
+        for name in getattr(self, "rules", []):
+            self.stack.remove_rules(name)
+        self.rules = []
+
+
 def _check_reachable(path):
     """polkitd and the test users must be able to walk down to path."""
     p = os.path.abspath(path)

@@ -153,7 +153,7 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
 
-class ProviderTestCase(unittest.TestCase):
+class ProviderTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     """One stack and one keyd (started by the test class, not activatable) per class; the keys
     of KEYS are created once, as root. Subclasses say where keyd keeps keys (token())."""
 
@@ -199,13 +199,6 @@ class ProviderTestCase(unittest.TestCase):
             print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
         else:
             shutil.rmtree(cls.run_dir, ignore_errors=True)
-
-    def run(self, result=None):
-        before = len(result.failures) + len(result.errors) if result else 0
-        result = super().run(result)
-        if result and len(result.failures) + len(result.errors) > before:
-            type(self).failed = True
-        return result
 
     # -- keyd ---------------------------------------------------------------------------------
 
