@@ -44,7 +44,8 @@ int bus_check_delegation(const BusAuthContext *ctx, sd_bus_message *msg,
 
 /* Authorizes the caller for every id of ids (NULL-terminated): ids equal to reserved (may be NULL)
  * are refused to everyone, root included; root is allowed; a principal whose globs match every id
- * is allowed; else polkit action with details (NULL-terminated key, value pairs). */
+ * is allowed (with no ids, no principal is); else polkit action with details (NULL-terminated key,
+ * value pairs). */
 int bus_authorize(const BusAuthContext *ctx, sd_bus_message *msg, const PeerCred *connection_peer,
                   int client_socket, const char *const *ids, const char *reserved,
                   const char *action, const char *const *details, uid_t *ret_uid,

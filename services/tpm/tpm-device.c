@@ -442,6 +442,14 @@ int tpm_auth_blob_check(const uint8_t *blob, size_t len, char *message, size_t s
         return r;
 }
 
+/* A seed that does not decrypt with the EK or SRK (a blob made for another TPM, or corrupted)
+ * makes some TPMs (swtpm among them) answer TPM_RC_FAILURE to ActivateCredential and Import,
+ * though the TPM goes on working: in these two steps that is the blob's fault. */
+static int blob_refused(int r, TSS2_RC rc)
+{
+        return r == -EIO && rc_tpm_code(rc) == TPM2_RC_FAILURE ? -EINVAL : r;
+}
+
 /* The inner wrapping key DPS protected for this EK and SRK. */
 static int activate(TpmDevice *d, const AuthBlob *b, TPM2B_DIGEST **ret, char *message,
                     size_t size)
@@ -472,8 +480,10 @@ static int activate(TpmDevice *d, const AuthBlob *b, TPM2B_DIGEST **ret, char *m
                 rc = Esys_ActivateCredential(d->esys, d->srk, d->ek, ESYS_TR_PASSWORD, session,
                                              ESYS_TR_NONE, &b->credential, &b->secret, ret);
                 if (rc != TSS2_RC_SUCCESS)
-                        r = fail(d, rc, message, size,
-                                 "activating the credential (a blob for another EK or SRK?)");
+                        r = blob_refused(fail(d, rc, message, size,
+                                              "activating the credential (a blob for another "
+                                              "EK or SRK?)"),
+                                         rc);
         }
         if (session != ESYS_TR_NONE && d->esys)
                 (void)Esys_FlushContext(d->esys, session);
@@ -516,7 +526,9 @@ int tpm_device_import_auth_key(TpmDevice *d, uint32_t index, const uint8_t *blob
                 rc = Esys_Import(d->esys, d->srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                  &key, &b.public, &b.duplicate, &b.seed, &aes128cfb, &private);
                 if (rc != TSS2_RC_SUCCESS)
-                        r = fail(d, rc, message, size, "importing the authentication key");
+                        r = blob_refused(fail(d, rc, message, size,
+                                              "importing the authentication key"),
+                                         rc);
         }
         if (r >= 0) {
                 rc = Esys_Load(d->esys, d->srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
@@ -534,6 +546,11 @@ int tpm_device_import_auth_key(TpmDevice *d, uint32_t index, const uint8_t *blob
                                 r = fail(d, rc, message, size,
                                          "removing the previous authentication key at 0x%08x",
                                          handle);
+                        /* ESYS keeps the evicted object's metadata under the handle, which the
+                         * new key is about to take: forget it. */
+                        if (d->esys)
+                                (void)Esys_TR_Close(d->esys, &old);
+                        old = ESYS_TR_NONE;
                 }
         }
         if (r >= 0) {
@@ -549,7 +566,7 @@ int tpm_device_import_auth_key(TpmDevice *d, uint32_t index, const uint8_t *blob
                 (void)Esys_FlushContext(d->esys, loaded);
         if (persisted != ESYS_TR_NONE && d->esys)
                 (void)Esys_TR_Close(d->esys, &persisted);
-        if (old != ESYS_TR_NONE && d->esys && r < 0)
+        if (old != ESYS_TR_NONE && d->esys)
                 (void)Esys_TR_Close(d->esys, &old);
         if (inner)
                 explicit_bzero(inner, sizeof(*inner));

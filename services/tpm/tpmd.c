@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+
 #include "bus-util.h"
 #include "log.h"
 #include "macro.h"
@@ -94,6 +96,10 @@ static int run(uint64_t idle_usec)
 
 int main(int argc, char *argv[])
 {
+        /* tpm2-tss logs to stderr in its own format; what matters is in our messages (the step
+         * and the decoded response code). TSS2_LOG set by the user wins. */
+        (void)setenv("TSS2_LOG", "all+none", /* overwrite= */ 0);
+
         static const ServiceDescription service = {
                 .program = "aziot-tpmd",
                 .what = "The TPM service of the device identity stack",

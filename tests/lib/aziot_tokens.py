@@ -18,7 +18,9 @@ module must have in its environment), .label, .pin, .so_pin, .uri(), .slot_id(),
 started and remove the directories they created. Everything lives under base_dir, nothing under
 /etc or the host's /etc/softhsm configuration. Standard library only (ctypes for .probe()); the
 tools are softhsm2-util and pkcs11-tool (opensc), swtpm, tpm2-tools, tpm2_ptool and tpm2-abrmd.
-Run with /usr/bin/python3. Failures raise TokenError with the command and the tool's stderr.
+The swtpm, and the helpers that run tools and install packages, are aziot_tpm's (.swtpm is the
+aziot_tpm.Swtpm). Run with /usr/bin/python3. Failures raise TokenError (an aziot_tpm.TpmError)
+with the command and the tool's stderr.
 
 Tool facts this module relies on (Debian 12: opensc 0.23, softhsm2 2.6.1, swtpm 0.7.1,
 tpm2-tss 3.2.1, tpm2-tools 5.4, tpm2-pkcs11 1.9.0, tpm2-abrmd 3.0.0), each observed here:
@@ -103,39 +105,52 @@ tpm2-abrmd ships a system-bus activation file and /etc/dbus-1/system.d/tpm2-abrm
 only by a real system bus; the fixture uses its own session bus).
 """
 
+import contextlib
 import ctypes
-import fcntl
 import glob
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+import aziot_tpm
+from aziot_tpm import (  # noqa: F401  (re-exported: users of this module name them here)
+    APT_LOCK, DEFAULT_TIMEOUT, SUN_PATH_MAX, SWTPM_PACKAGES, TOOL_TIMEOUT, Swtpm, TpmError,
+    _tail, missing_packages)
+from aziot_tpm import pdeathsig as _pdeathsig
+from aziot_tpm import read_text as _read
+from aziot_tpm import stop_process as _stop_process
+
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SOFTHSM_PACKAGES = ["softhsm2", "opensc"]
-SWTPM_PACKAGES = ["swtpm", "tpm2-tools"]
 # The tpm2-pkcs11 library and tpm2_ptool, plus tpm2-abrmd and its TCTI (resource_manager=True).
 TPM2_PKCS11_CORE_PACKAGES = ["libtpm2-pkcs11-1", "libtpm2-pkcs11-tools"]
 TPM2_ABRMD_PACKAGES = ["tpm2-abrmd", "libtss2-tcti-tabrmd0"]
 TPM2_PKCS11_PACKAGES = TPM2_PKCS11_CORE_PACKAGES + TPM2_ABRMD_PACKAGES
 
-APT_LOCK = "/run/lock/aziot-tokens-apt.lock"
-DEFAULT_TIMEOUT = 10.0
-TOOL_TIMEOUT = 120.0
-SUN_PATH_MAX = 107
 KEY_TYPES = ("EC:prime256v1", "EC:secp384r1", "rsa:2048", "rsa:3072", "rsa:4096")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class TokenError(RuntimeError):
+class TokenError(TpmError):
     """A step of setting up or using a token failed; the message has the command and its output."""
+
+
+@contextlib.contextmanager
+def _token_errors():
+    """What fails in aziot_tpm (tools, packages, swtpm) fails here as a TokenError."""
+    try:
+        yield
+    except TokenError:
+        raise
+    except TpmError as e:
+        raise TokenError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,70 +201,19 @@ def rsa_pkcs1_digest_info(sha256_digest):
     return SHA256_DIGEST_INFO + sha256_digest
 
 
-def _fmt_cmd(cmd):
-    return " ".join(str(c) for c in cmd)
-
-
-def _tail(text, limit=4000):
-    text = (text or "").strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
 def run_tool(cmd, env=None, what=None, check=True, input=None, timeout=TOOL_TIMEOUT):
     """Runs cmd (text mode) and returns the CompletedProcess; raises TokenError with the command,
     exit status, stdout and stderr when check and it fails or cannot be started."""
-    try:
-        proc = subprocess.run([str(c) for c in cmd], env=env, input=input, capture_output=True,
-                              text=True, errors="replace", timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError as e:
-        raise TokenError(f"{what or 'command'}: {cmd[0]} not found ({e}); "
-                         f"is its Debian package installed?") from None
-    except subprocess.TimeoutExpired as e:
-        err = e.stderr if isinstance(e.stderr, str) else ""
-        raise TokenError(f"{what or 'command'}: timed out after {timeout}s: {_fmt_cmd(cmd)}\n"
-                         f"stderr: {_tail(err)}") from None
-    if check and proc.returncode != 0:
-        raise TokenError(f"{what or 'command'} failed (exit {proc.returncode}): {_fmt_cmd(cmd)}\n"
-                         f"stdout: {_tail(proc.stdout)}\nstderr: {_tail(proc.stderr)}")
-    return proc
-
-
-def missing_packages(packages):
-    missing = []
-    for p in packages:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True)
-        if r.returncode != 0 or r.stdout.strip() != "install ok installed":
-            missing.append(p)
-    return missing
+    with _token_errors():
+        return aziot_tpm.run_tool(cmd, env=env, what=what, check=check, input=input,
+                                  timeout=timeout)
 
 
 def ensure_packages(packages):
     """Installs the Debian packages that are missing (quietly, idempotently, once at a time across
     processes). Needs root when something is missing."""
-    if not missing_packages(packages):
-        return
-    if os.geteuid() != 0:
-        raise TokenError(f"missing Debian packages {' '.join(missing_packages(packages))}; "
-                         f"as root run: apt-get install {' '.join(packages)}")
-    os.makedirs(os.path.dirname(APT_LOCK), exist_ok=True)
-    with open(APT_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        missing = missing_packages(packages)
-        if not missing:
-            return
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                   "-o", "DPkg::Lock::Timeout=300"] + missing
-        r = run_tool(install, env=env, check=False, timeout=900)
-        if r.returncode != 0:
-            # Maybe the package lists are missing or stale: update once and retry.
-            run_tool(["apt-get", "update", "-qq", "-o", "DPkg::Lock::Timeout=300"], env=env,
-                     what="apt-get update", timeout=900)
-            run_tool(install, env=env, what=f"installing {' '.join(missing)}", timeout=900)
-        still = missing_packages(packages)
-        if still:
-            raise TokenError(f"packages still missing after apt-get install: {' '.join(still)}")
+    with _token_errors():
+        aziot_tpm.ensure_packages(packages)
 
 
 def find_tpm2_pkcs11_module():
@@ -313,34 +277,6 @@ def _parse_slots(text):
         if m and slots:
             slots[-1][1] = m.group(1).strip()
     return [tuple(s) for s in slots]
-
-
-def _pdeathsig():
-    """preexec_fn: the child gets SIGTERM when the test process dies, so no daemon outlives it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # pragma: no cover - best effort
-        pass
-
-
-def _stop_process(proc, timeout=5.0):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-
-
-def _read(path):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,7 +657,8 @@ class Tpm2Pkcs11Token(_Pkcs11Token):
         self.pin = pin
         self.so_pin = so_pin
         self.resource_manager = resource_manager
-        self._swtpm = self._abrmd = self._bus = None
+        self.swtpm = None  # an aziot_tpm.Swtpm
+        self._abrmd = self._bus = None
         self._sock_dir = None
         self.timings = {}
         try:
@@ -734,6 +671,11 @@ class Tpm2Pkcs11Token(_Pkcs11Token):
             self.close()
             raise
 
+    @property
+    def _swtpm(self):
+        """The swtpm process (a subprocess.Popen), None before it started."""
+        return self.swtpm.process if self.swtpm is not None else None
+
     def _mkdir(self, path):
         if not os.path.isdir(path):
             os.makedirs(path, mode=0o700)
@@ -743,32 +685,19 @@ class Tpm2Pkcs11Token(_Pkcs11Token):
     def _setup(self, quiet):
         t0 = time.monotonic()
         tpm_dir = self._mkdir(os.path.join(self.base_dir, "swtpm"))
-        state = self._mkdir(os.path.join(tpm_dir, "state"))
         self.store = self._mkdir(os.path.join(self.base_dir, "store"))
         self._tmp_dir = self._mkdir(os.path.join(self.base_dir, "tmp"))
         sock_dir = tpm_dir
         if len(os.path.join(tpm_dir, "bus", "session_bus_socket")) > SUN_PATH_MAX - 8:
             sock_dir = self._sock_dir = tempfile.mkdtemp(prefix="aziot-tpm-", dir="/tmp")
-        self.swtpm_socket = os.path.join(sock_dir, "swtpm.sock")
-        self.swtpm_log = os.path.join(tpm_dir, "swtpm.log")
-        pid_file = os.path.join(tpm_dir, "swtpm.pid")
-        self._made.append(pid_file)
-        direct_tcti = f"swtpm:path={self.swtpm_socket}"
 
-        # 1. swtpm, a child process
-        cmd = ["swtpm", "socket", "--tpm2", "--flags", "not-need-init,startup-clear",
-               "--server", f"type=unixio,path={self.swtpm_socket}",
-               "--ctrl", f"type=unixio,path={self.swtpm_socket}.ctrl",
-               "--tpmstate", f"dir={state}", "--pid", f"file={pid_file}",
-               "--log", f"file={self.swtpm_log},level=1"]
-        log = open(self.swtpm_log + ".out", "w")
-        self._made.append(self.swtpm_log + ".out")
-        self._swtpm = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       preexec_fn=_pdeathsig)
-        log.close()
-        self._wait(lambda: os.path.exists(self.swtpm_socket), "swtpm socket", self._swtpm,
-                   self.swtpm_log + ".out")
-        self._wait_tpm(direct_tcti, self._swtpm, self.swtpm_log + ".out", "swtpm")
+        # 1. swtpm, a child process (state, logs and pid file in tpm_dir)
+        with _token_errors():
+            self.swtpm = Swtpm(tpm_dir, socket_dir=sock_dir, install=False)
+            self.swtpm.start()
+        self.swtpm_socket = self.swtpm.socket
+        self.swtpm_log = self.swtpm.log
+        direct_tcti = self.swtpm.tcti
         self.timings["swtpm"] = time.monotonic() - t0
 
         # 2. optionally a resource manager: tpm2-abrmd on a private session bus
@@ -850,30 +779,13 @@ class Tpm2Pkcs11Token(_Pkcs11Token):
     def _ptool(self, args, what):
         return run_tool(["tpm2_ptool"] + list(args), env=self._ptool_env(), what=what)
 
-    def _wait(self, cond, what, proc, log, timeout=DEFAULT_TIMEOUT):
-        end = time.monotonic() + timeout
-        while not cond():
-            if proc.poll() is not None:
-                raise TokenError(f"{what}: process exited with {proc.returncode}: {_read(log)}")
-            if time.monotonic() > end:
-                raise TokenError(f"{what}: not ready after {timeout}s: {_read(log)}")
-            time.sleep(0.005)
-
     def _wait_tpm(self, tcti, proc, log, what, timeout=DEFAULT_TIMEOUT):
-        env = dict(os.environ, TPM2TOOLS_TCTI=tcti, TSS2_LOG="all+NONE")
+        """Waits until tpm2_getrandom answers through tcti (proc serves it, log is its log)."""
+        env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
         if self.resource_manager and tcti.startswith("tabrmd"):
             env["DBUS_SESSION_BUS_ADDRESS"] = self.bus_address
-        last = None
-
-        def ready():
-            nonlocal last
-            last = run_tool(["tpm2_getrandom", "4", "--hex"], env=env, check=False, timeout=10)
-            return last.returncode == 0
-
-        try:
-            self._wait(ready, f"{what} (tpm2_getrandom via {tcti})", proc, log, timeout)
-        except TokenError as e:
-            raise TokenError(f"{e}\nlast tpm2_getrandom: {last.stderr if last else ''}") from None
+        with _token_errors():
+            aziot_tpm.wait_tpm_ready(env, proc, log, what, timeout)
 
     def tpm2_tool(self, args, check=True, what=None):
         """Runs a tpm2-tools command against this TPM (through the resource manager if any)."""
@@ -916,14 +828,8 @@ class Tpm2Pkcs11Token(_Pkcs11Token):
             _stop_process(self._bus)
             if self._bus.stdout:
                 self._bus.stdout.close()
-        if self._swtpm is not None and self._swtpm.poll() is None:
-            run_tool(["swtpm_ioctl", "--unix", self.swtpm_socket + ".ctrl", "-s"], check=False,
-                     timeout=5)
-            try:
-                self._swtpm.wait(2)
-            except subprocess.TimeoutExpired:
-                pass
-        _stop_process(self._swtpm)
+        if self.swtpm is not None:
+            self.swtpm.close()
         if self._sock_dir:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
 
