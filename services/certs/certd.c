@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <signal.h>
 
+#include "aziot-key.h"
 #include "bus-util.h"
 #include "certd.h"
 #include "certs-config.h"
@@ -31,6 +32,7 @@ static void manager_free(Manager *m)
         sender_uid_cache_done(&m->sender_uids);
         certs_store_free(m->store);
         free(m);
+        aziot_key_provider_unload();
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free)
 

@@ -200,6 +200,16 @@ static int consume_errors(int fallback, const char *fallback_message, char **ret
 }
 
 
+/* The provider as loaded into the default library context, for aziot_key_provider_unload(). */
+static OSSL_PROVIDER *default_provider;
+
+void aziot_key_provider_unload(void)
+{
+        if (default_provider)
+                (void)OSSL_PROVIDER_unload(default_provider);
+        default_provider = NULL;
+}
+
 static int evp_pkey_of(OSSL_LIB_CTX *libctx, AziotKeyUriKind kind, const char *value,
                        EVP_PKEY **ret, char **ret_message)
 {
@@ -219,12 +229,20 @@ static int evp_pkey_of(OSSL_LIB_CTX *libctx, AziotKeyUriKind kind, const char *v
         }
 
         ERR_clear_error();
-        /* Loaded once per library context and never unloaded: keys made by it may live as long as
-         * the process. retain_fallbacks keeps the default provider when nothing else was loaded. */
-        if (!OSSL_PROVIDER_available(libctx, AZIOT_KEY_PROVIDER_NAME) &&
-            !OSSL_PROVIDER_try_load(libctx, AZIOT_KEY_PROVIDER_NAME, /* retain_fallbacks= */ 1))
-                return consume_errors(-ENOPKG, "cannot load the OpenSSL provider \"aziot\"",
-                                      ret_message);
+        /* Loaded once per library context, kept until aziot_key_provider_unload() (default
+         * context) or the context goes: keys made by it may live as long as the process.
+         * retain_fallbacks keeps the default provider when nothing else was loaded. */
+        if (!OSSL_PROVIDER_available(libctx, AZIOT_KEY_PROVIDER_NAME)) {
+                OSSL_PROVIDER *p = OSSL_PROVIDER_try_load(libctx, AZIOT_KEY_PROVIDER_NAME,
+                                                          /* retain_fallbacks= */ 1);
+
+                if (!p)
+                        return consume_errors(-ENOPKG,
+                                              "cannot load the OpenSSL provider \"aziot\"",
+                                              ret_message);
+                if (!libctx && !default_provider)
+                        default_provider = p;
+        }
 
         store = OSSL_STORE_open_ex(uri, libctx, "?provider=" AZIOT_KEY_PROVIDER_NAME, NULL, NULL,
                                    NULL, NULL, NULL);

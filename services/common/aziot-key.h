@@ -75,3 +75,7 @@ int aziot_key_evp_pkey(OSSL_LIB_CTX *libctx, const char *key_pair_id, EVP_PKEY *
  * handle may use its key, as with keyd's HTTP API. */
 int aziot_key_evp_pkey_from_handle(OSSL_LIB_CTX *libctx, const char *handle, EVP_PKEY **ret,
                                    char **ret_message);
+
+/* Unloads the provider aziot_key_evp_pkey() loaded into the default library context (at exit,
+ * once every key it made is freed: a daemon's last step, so that nothing it holds looks leaked). */
+void aziot_key_provider_unload(void);

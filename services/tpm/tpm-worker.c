@@ -23,7 +23,6 @@ typedef struct Shared {
         Job *queue, *queue_tail; /* to run */
         Job *finished, *finished_tail;
         bool stopping;
-        bool worker_gone; /* the thread has left: it frees this */
         unsigned refs;    /* the loop's and the thread's */
         int efd;
         TpmDevice *device;
@@ -208,7 +207,13 @@ void tpm_worker_free(TpmWorker *w)
                 (void)pthread_detach(w->thread);
                 gone = false;
         }
-        (void)gone;
+        /* The job that was running when the thread was told to stop. */
+        if (gone) {
+                for (Job *j; (j = pop(&s->finished, &s->finished_tail));) {
+                        j->done(j->data, false);
+                        free(j);
+                }
+        }
         sd_event_source_disable_unref(w->source);
         shared_unref(s);
         free(w);
