@@ -846,6 +846,10 @@ static void track_identity(const char *id, const CertsEstAuth *auth, void *userd
         RenewalConfig renewal = certs_config_est_renewal(&m->config);
         int r;
 
+        /* Written by upstream's certd, it is not in the index yet. */
+        r = certs_store_adopt(m->store, id);
+        if (r < 0)
+                log_warning_errno(r, "Failed to index the certificate %s: %m", id);
         /* A pending copy only exists between two steps of one synchronous commit: whatever is
          * found here was left by a crash or a failed write. */
         recover_pending(m, id, auth);

@@ -559,6 +559,35 @@ class EstReloadTest(EstTestCase):
         self.create("device2", "device-2")
 
 
+class EstUpstreamHomeTest(EstTestCase):
+    def test_a_home_written_by_upstream_is_served_and_renewed(self):
+        """The files upstream's certd leaves (no index of ours): served, listed once the
+        configuration names them, and the EST identity is tracked for renewal."""
+        self.est.policy = mock_est.Policy(client_cert=True)
+        config = self.est_config("x509")
+        self.restart_certd(config)
+        _, pem = self.create()
+        identity = self.stored("est-id")
+        self.stack.stop_process("certd")
+        os.unlink(os.path.join(self.certs_dir, "index"))
+        self.assertEqual(sorted(os.listdir(self.certs_dir)),
+                         sorted([upstream_file_name("device"), upstream_file_name("est-id"),
+                                 upstream_file_name("ca")]))
+        self.certd = self.start_certd()
+        self.assertEqual(str(self.call("GetCertificate", "est-id", {})), identity)
+        self.assertEqual(str(self.call("GetCertificate", "device", {})), pem)
+        listed = [str(i) for i in self.call("ListCertificates", {})]
+        self.assertIn("est-id", listed)
+        self.assertIn("device", listed)
+        self.assertEqual(self.renewal_props()[0], "scheduled")
+        # And it is used as the identity, without a new bootstrap.
+        before = len(self.requests("simpleenroll"))
+        self.create("device2", "device-2")
+        last = self.requests("simpleenroll")
+        self.assertEqual(len(last), before + 1)
+        self.assertEqual(last[-1].client_cert_source, "est")
+
+
 class EstCrashTest(EstTestCase):
     """kill -9 during a renewal loses neither the old nor the new certificate and key."""
 
