@@ -6,8 +6,8 @@
 #include "certs-store.h"
 #include "log.h"
 #include "macro.h"
+#include "x509-subject.h"
 
-#define MAX_SUBJECT_FIELDS 32
 
 void certs_issuance_done(CertsIssuance *i)
 {
@@ -76,10 +76,8 @@ static int parse_issuance(const TomlValue *entry, const char *id, CertsIssuance 
                           ConfigError *ret_error)
 {
         _cleanup_(certs_issuance_done) CertsIssuance i = {};
-        CertsSubjectField fields[MAX_SUBJECT_FIELDS];
         const TomlValue *subject = NULL;
         const char *method, *cn = NULL;
-        size_t n = 0;
         int64_t days;
         int r;
 
@@ -129,36 +127,24 @@ static int parse_issuance(const TomlValue *entry, const char *id, CertsIssuance 
         r = config_get_string(entry, "common_name", &cn, ret_error);
         if (r < 0 && r != -ENOENT)
                 return r;
-        r = config_get_table(entry, "subject", &subject, ret_error);
-        if (r < 0 && r != -ENOENT)
-                return r;
+        subject = toml_table_get(entry, "subject");
         if (cn && subject)
                 return config_error_at(ret_error, entry,
                                        "cert_issuance.%s: common_name and subject exclude each "
                                        "other",
                                        id);
-        if (subject) {
-                toml_table_foreach(e, subject)
-                {
-                        if (n == MAX_SUBJECT_FIELDS)
-                                return config_error_at(ret_error, subject, "too many fields");
-                        if (e->value->type != TOML_STRING ||
-                            memchr(e->value->string.data, 0, e->value->string.len) ||
-                            memchr(e->key, 0, e->key_len))
-                                return config_error_at(ret_error, e->value,
-                                                       "subject fields must be strings");
-                        fields[n++] = (CertsSubjectField){ e->key, e->value->string.data };
-                }
-                if (n == 0)
-                        return config_error_at(ret_error, subject, "the subject is empty");
-        }
-        if (cn || subject) {
-                r = certs_subject_new(cn, subject ? fields : NULL, n, &i.subject);
-                if (r == -ENOMEM)
-                        return r;
+        if (subject && subject->type != TOML_TABLE)
+                return config_error_at(ret_error, subject, "cert_issuance.%s.subject must be a table",
+                                       id);
+        if (subject || cn) {
+                char what[256];
+
+                (void)snprintf(what, sizeof(what), "cert_issuance.%s.%s", id,
+                               subject ? "subject" : "common_name");
+                r = x509_subject_from_toml(subject ? subject : toml_table_get(entry, "common_name"),
+                                           what, &i.subject, ret_error);
                 if (r < 0)
-                        return config_error_at(ret_error, subject ? subject : entry,
-                                               "cert_issuance.%s: invalid subject", id);
+                        return r;
         }
 
         *ret = i;

@@ -36,7 +36,6 @@
 #define CERTS_ISSUE_DEFAULT_EXPIRY_DAYS 30u
 #define CERTS_ISSUE_EXPIRY_DAYS_MAX 36500u
 #define CERTS_ISSUE_SERIAL_BYTES 16u
-#define CERTS_SUBJECT_CN_MAX 64u
 
 typedef struct CertsIssueOptions {
         const X509_NAME *subject; /* replaces the CSR's subject; NULL = keep it */
@@ -56,14 +55,3 @@ int certs_issue(const char *csr_pem, size_t csr_len, const char *issuer_chain_pe
                 size_t issuer_len, EVP_PKEY *issuer_key, const CertsIssueOptions *opts,
                 char **ret_pem, size_t *ret_len);
 
-typedef struct CertsSubjectField {
-        const char *name; /* "CN", "L", "O", … (anything OBJ_txt2obj() knows) */
-        const char *value;
-} CertsSubjectField;
-
-/* The subject override of cert_issuance.<id> (spec §3.8): a common_name alone (fields NULL), or the
- * fields of the subject table in sorted order of their names (as upstream's BTreeMap), UTF-8. A CN
- * longer than CERTS_SUBJECT_CN_MAX characters is truncated. -EINVAL for an unknown field name or
- * an empty subject. */
-int certs_subject_new(const char *common_name, const CertsSubjectField *fields, size_t n_fields,
-                      X509_NAME **ret);

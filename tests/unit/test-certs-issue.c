@@ -15,6 +15,7 @@
 #include <openssl/x509v3.h>
 
 #include "certs-issue.h"
+#include "x509-subject.h"
 #include "certs-openssl.h"
 #include "macro.h"
 
@@ -488,7 +489,7 @@ static void test_validity(void **state)
 
 static void test_subject_override(void **state)
 {
-        static const CertsSubjectField fields[] = {
+        static const SubjectField fields[] = {
                 {"ST", "Antarctica"}, {"CN", "my-device"}, {"L", "AQ"}};
         EVP_PKEY *ca_key = key_ec(), *key = key_ec();
         _cleanup_free_ char *ca = make_ca(ca_key, "CA"), *csr = make_csr(key, NULL, "csr", NULL, 0);
@@ -497,7 +498,7 @@ static void test_subject_override(void **state)
         X509 *x;
         char buf[256];
 
-        assert_int_equal(certs_subject_new(NULL, fields, ELEMENTSOF(fields), &name), 0);
+        assert_int_equal(x509_subject_new(NULL, fields, ELEMENTSOF(fields), &name), 0);
         X509_NAME_oneline(name, buf, sizeof(buf));
         assert_string_equal(buf, "/CN=my-device/L=AQ/ST=Antarctica"); /* sorted by field name */
 
@@ -511,7 +512,7 @@ static void test_subject_override(void **state)
         /* common_name: truncated to 64 characters (here two-byte ones). */
         for (int i = 0; i < 70; i++)
                 strcat(long_cn, "\xc3\xa9");
-        assert_int_equal(certs_subject_new(long_cn, NULL, 0, &cn), 0);
+        assert_int_equal(x509_subject_new(long_cn, NULL, 0, &cn), 0);
         {
                 const ASN1_STRING *s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(cn, 0));
                 unsigned char *utf8 = NULL;
@@ -520,10 +521,10 @@ static void test_subject_override(void **state)
                 OPENSSL_free(utf8);
         }
 
-        assert_int_equal(certs_subject_new(NULL, (CertsSubjectField[]){{"NOPE", "x"}}, 1, &cn),
+        assert_int_equal(x509_subject_new(NULL, (SubjectField[]){{"NOPE", "x"}}, 1, &cn),
                          -EINVAL);
-        assert_int_equal(certs_subject_new(NULL, NULL, 0, &cn), -EINVAL);
-        assert_int_equal(certs_subject_new("a", fields, 1, &cn), -EINVAL);
+        assert_int_equal(x509_subject_new(NULL, NULL, 0, &cn), -EINVAL);
+        assert_int_equal(x509_subject_new("a", fields, 1, &cn), -EINVAL);
 
         X509_NAME_free(cn);
         X509_NAME_free(name);
