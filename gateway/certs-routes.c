@@ -17,13 +17,6 @@ static const char *const certs_api_versions[] = {
         [V2020_09_01] = "2020-09-01",
 };
 
-/* Returns 1 with values filled, or 0 once answered: 400 without a body, 422 when it does not
- * decode. */
-static int decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values)
-{
-        return route_decode_body(call, fields, n, values, NULL, NULL);
-}
-
 /* D-Bus strings cannot hold U+0000, which JSON and percent-encoding can: such an argument is
  * refused here as certd refuses a malformed one. Returns 1 when s has no NUL, 0 once answered. */
 static int check_no_nul(RouteCall *call, const char *name, const char *s, size_t len)
@@ -95,26 +88,25 @@ static const JsonField create_fields[] = {
 
 static int handle_create(RouteCall *call)
 {
+        _cleanup_route_body_ RouteBody b = ROUTE_BODY(create_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        JsonFieldValue values[ELEMENTSOF(create_fields)] = {};
-        const JsonFieldValue *id = &values[0], *csr = &values[1], *issuer = &values[2];
+        const JsonFieldValue *id = &b.values[0], *csr = &b.values[1], *issuer = &b.values[2];
         const JsonFieldValue *issuer_id = NULL, *issuer_handle = NULL;
         int r;
 
-        r = decode_body(call, create_fields, ELEMENTSOF(create_fields), values);
+        r = route_body_decode(call, &b);
         if (r <= 0)
-                goto out;
-        r = 0;
+                return r;
         if (!check_no_nul(call, "id", id->data, id->len) ||
             !check_no_nul(call, "csr", csr->data, csr->len))
-                goto out;
+                return 0;
         if (issuer->present) {
                 issuer_id = &((const JsonFieldValue *)issuer->data)[0];
                 issuer_handle = &((const JsonFieldValue *)issuer->data)[1];
                 if (!check_no_nul(call, "issuer.certId", issuer_id->data, issuer_id->len) ||
                     !check_no_nul(call, "issuer.privateKeyHandle", issuer_handle->data,
                                   issuer_handle->len))
-                        goto out;
+                        return 0;
         }
 
         r = route_new_method_call(call, "CreateCertificate", &m);
@@ -129,8 +121,6 @@ static int handle_create(RouteCall *call)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
                 r = route_send(call, m, on_created);
-out:
-        json_field_values_done(create_fields, values, ELEMENTSOF(create_fields));
         return r;
 }
 
@@ -172,41 +162,36 @@ static const JsonField import_fields[] = {
  * from the request's body, which the call outlives, so the decoded text is re-read then. */
 static int on_imported(RouteCall *call, sd_bus_message *reply)
 {
-        JsonFieldValue values[ELEMENTSOF(import_fields)] = {};
+        _cleanup_route_body_ RouteBody b = ROUTE_BODY(import_fields);
         int r;
 
-        r = decode_body(call, import_fields, ELEMENTSOF(import_fields), values);
-        if (r > 0) {
-                reply_pem(call, 201, values[0].data, values[0].len);
-                r = 0;
-        }
-        json_field_values_done(import_fields, values, ELEMENTSOF(import_fields));
-        return r;
+        r = route_body_decode(call, &b);
+        if (r <= 0)
+                return r;
+        reply_pem(call, 201, b.values[0].data, b.values[0].len);
+        return 0;
 }
 
 static int handle_import(RouteCall *call)
 {
+        _cleanup_route_body_ RouteBody b = ROUTE_BODY(import_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        JsonFieldValue values[ELEMENTSOF(import_fields)] = {};
         int r;
 
-        r = decode_body(call, import_fields, ELEMENTSOF(import_fields), values);
+        r = route_body_decode(call, &b);
         if (r <= 0)
-                goto out;
-        r = 0;
+                return r;
         if (!check_no_nul(call, "id", call->params[0], call->param_lens[0]) ||
-            !check_no_nul(call, "pem", values[0].data, values[0].len))
-                goto out;
+            !check_no_nul(call, "pem", b.values[0].data, b.values[0].len))
+                return 0;
 
         r = route_new_method_call(call, "ImportCertificate", &m);
         if (r >= 0)
-                r = sd_bus_message_append(m, "ss", call->params[0], values[0].data);
+                r = sd_bus_message_append(m, "ss", call->params[0], b.values[0].data);
         if (r >= 0)
                 r = route_append_options(call, m);
         if (r >= 0)
                 r = route_send(call, m, on_imported);
-out:
-        json_field_values_done(import_fields, values, ELEMENTSOF(import_fields));
         return r;
 }
 

@@ -20,29 +20,6 @@ static const char *const keys_api_versions[] = {
         [V2021_05_01] = "2021-05-01",
 };
 
-/* Decoded request fields, freed (and wiped) on scope exit. */
-typedef struct Decoded {
-        const JsonField *fields;
-        size_t n;
-        JsonFieldValue values[4];
-        unsigned end_line, end_column; /* just after the body's object */
-} Decoded;
-
-static void decoded_done(Decoded *d)
-{
-        if (d->fields)
-                json_field_values_done(d->fields, d->values, d->n);
-}
-
-#define DECODED(f) { .fields = (f), .n = ELEMENTSOF(f) }
-#define _cleanup_decoded_ _cleanup_(decoded_done)
-
-/* Returns 1 with d filled, or 0 once answered: 400 without a body, 422 when it does not decode. */
-static int decode_body(RouteCall *call, Decoded *d)
-{
-        return route_decode_body(call, d->fields, d->n, d->values, &d->end_line, &d->end_column);
-}
-
 /* 400 'parameter "<name>" has an invalid value' with its cause, logged as upstream logs it. */
 static void reply_invalid_parameter(RouteCall *call, const char *name, const char *cause)
 {
@@ -199,12 +176,12 @@ static const JsonField create_key_fields[] = {
 
 static int handle_create_key(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(create_key_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(create_key_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const JsonFieldValue *id = &d.values[0], *usage = &d.values[1], *bytes = &d.values[2];
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "id", id->data, id->len))
@@ -231,10 +208,10 @@ static const JsonField handle_fields[] = {
 
 static int handle_delete(RouteCall *call, const char *member)
 {
-        _cleanup_decoded_ Decoded d = DECODED(handle_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(handle_fields);
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len))
@@ -256,12 +233,12 @@ static const JsonField create_key_pair_fields[] = {
 
 static int handle_create_key_pair(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(create_key_pair_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(create_key_pair_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const JsonFieldValue *id = &d.values[0], *algorithms = &d.values[1];
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "id", id->data, id->len))
@@ -316,14 +293,14 @@ static const JsonField move_fields[] = {
  * does. */
 static int handle_move(RouteCall *call, const char *type)
 {
-        _cleanup_decoded_ Decoded d = DECODED(move_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(move_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const char *to = call->params[0];
         const JsonFieldValue *from = &d.values[0];
         Buffer message = {};
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (from->len == call->param_lens[0] && memcmp(from->data, to, from->len) == 0) {
@@ -388,12 +365,12 @@ static int on_parameter(RouteCall *call, sd_bus_message *reply)
 
 static int handle_get_parameter(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(handle_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(handle_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const char *name = call->params[0];
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len))
@@ -452,7 +429,7 @@ static const JsonField sign_fields[] = {
 
 /* Reads the flattened algorithm/parameters pair of d into params. Returns the variant, or -1
  * once answered (422). */
-static int decode_algorithm(RouteCall *call, const Decoded *d, const JsonVariant *variants,
+static int decode_algorithm(RouteCall *call, const RouteBody *d, const JsonVariant *variants,
                             size_t n, JsonFieldValue *params)
 {
         JsonError error;
@@ -469,12 +446,12 @@ static int decode_algorithm(RouteCall *call, const Decoded *d, const JsonVariant
 
 static int handle_sign(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(sign_fields);
-        _cleanup_decoded_ Decoded p = DECODED(ecdsa_fields); /* both variants have one field */
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(sign_fields);
+        _cleanup_route_body_ RouteBody p = ROUTE_BODY(ecdsa_fields); /* both variants have one field */
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int v, r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         v = decode_algorithm(call, &d, sign_variants, ELEMENTSOF(sign_variants), p.values);
@@ -541,15 +518,15 @@ static int append_bytes_option(sd_bus_message *m, const char *name, const JsonFi
 }
 
 /* Encrypt and Decrypt: (handle, algorithm, data, options with iv and aad for AEAD). */
-static int handle_cipher(RouteCall *call, Decoded *d, const char *member,
+static int handle_cipher(RouteCall *call, RouteBody *d, const char *member,
                          int (*on_reply)(RouteCall *, sd_bus_message *))
 {
-        _cleanup_decoded_ Decoded p = DECODED(aead_fields);
+        _cleanup_route_body_ RouteBody p = ROUTE_BODY(aead_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const JsonFieldValue *data = &d->values[3];
         int v, r;
 
-        r = decode_body(call, d);
+        r = route_body_decode(call, d);
         if (r <= 0)
                 return r;
         v = decode_algorithm(call, d, cipher_variants, ELEMENTSOF(cipher_variants), p.values);
@@ -581,14 +558,14 @@ static int handle_cipher(RouteCall *call, Decoded *d, const char *member,
 
 static int handle_encrypt(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(encrypt_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(encrypt_fields);
 
         return handle_cipher(call, &d, "Encrypt", on_ciphertext);
 }
 
 static int handle_decrypt(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(decrypt_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(decrypt_fields);
 
         return handle_cipher(call, &d, "Decrypt", on_plaintext);
 }
@@ -602,11 +579,11 @@ static const JsonField derive_fields[] = {
 
 static int handle_create_derived_key(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(derive_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(derive_fields);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len))
@@ -631,10 +608,10 @@ static int on_exported_key(RouteCall *call, sd_bus_message *reply)
 
 static int handle_export_derived_key(RouteCall *call)
 {
-        _cleanup_decoded_ Decoded d = DECODED(handle_fields);
+        _cleanup_route_body_ RouteBody d = ROUTE_BODY(handle_fields);
         int r;
 
-        r = decode_body(call, &d);
+        r = route_body_decode(call, &d);
         if (r <= 0)
                 return r;
         if (!check_no_nul(call, "handle", d.values[0].data, d.values[0].len))

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,18 +268,24 @@ void route_fail(RouteCall *call, int error)
         route_reply_error(call, 500, "internal error");
 }
 
-int route_decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values,
-                      unsigned *ret_end_line, unsigned *ret_end_column)
+void route_body_done(RouteBody *b)
+{
+        if (b->fields)
+                json_field_values_done(b->fields, b->values, b->n);
+}
+
+int route_body_decode(RouteCall *call, RouteBody *b)
 {
         JsonError error;
         int r;
 
+        assert(b->n <= ELEMENTSOF(b->values));
         if (!call->body) {
                 route_reply_error(call, 400, "missing request body");
                 return 0;
         }
-        r = json_decode_body(call->body, call->body_len, "struct Request", fields, n, values,
-                             &error, ret_end_line, ret_end_column);
+        r = json_decode_body(call->body, call->body_len, "struct Request", b->fields, b->n,
+                             b->values, &error, &b->end_line, &b->end_column);
         if (r == -EINVAL) {
                 route_reply_json_error(call, &error);
                 return 0;

@@ -98,11 +98,23 @@ void route_reply_json_error(RouteCall *call, const JsonError *e);
 /* 500 "internal error", logging why. */
 void route_fail(RouteCall *call, int error);
 
-/* Reads the request body as upstream's "struct Request" of fields into values. Returns 1 with
- * values filled, 0 once answered (400 "missing request body", 422 when it does not decode), or a
- * negative errno. ret_end_line/ret_end_column (may be NULL): where the body's object ends. */
-int route_decode_body(RouteCall *call, const JsonField *fields, size_t n, JsonFieldValue *values,
-                      unsigned *ret_end_line, unsigned *ret_end_column);
+/* The decoded fields of a request body, freed (and wiped) on scope exit:
+ *     _cleanup_route_body_ RouteBody b = ROUTE_BODY(fields);
+ * route_body_decode() reads the body as upstream's "struct Request" of those fields. Returns 1
+ * with b filled, 0 once answered (400 "missing request body", 422 when it does not decode), or a
+ * negative errno. */
+typedef struct RouteBody {
+        const JsonField *fields;
+        size_t n;
+        JsonFieldValue values[4];
+        unsigned end_line, end_column; /* just after the body's object */
+} RouteBody;
+
+void route_body_done(RouteBody *b);
+int route_body_decode(RouteCall *call, RouteBody *b);
+
+#define ROUTE_BODY(f) { .fields = (f), .n = ELEMENTSOF(f) }
+#define _cleanup_route_body_ _cleanup_(route_body_done)
 
 /* A call of member on the service's object, on its private connection when there is one. */
 int route_new_method_call(RouteCall *call, const char *member, sd_bus_message **ret);

@@ -104,22 +104,20 @@ static const JsonField sign_fields[] = {
 static int call_with_bytes(RouteCall *call, const JsonField *fields, const char *member,
                            int (*on_reply)(RouteCall *, sd_bus_message *))
 {
+        _cleanup_route_body_ RouteBody b = { .fields = fields, .n = 1 };
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        JsonFieldValue values[1] = {};
         int r;
 
-        r = route_decode_body(call, fields, 1, values, NULL, NULL);
+        r = route_body_decode(call, &b);
         if (r <= 0)
-                goto out;
+                return r;
         r = route_new_method_call(call, member, &m);
         if (r >= 0)
-                r = sd_bus_message_append_array(m, 'y', values[0].data, values[0].len);
+                r = sd_bus_message_append_array(m, 'y', b.values[0].data, b.values[0].len);
         if (r >= 0)
                 r = route_append_options(call, m);
         if (r >= 0)
                 r = route_send(call, m, on_reply);
-out:
-        json_field_values_done(fields, values, 1);
         return r;
 }
 

@@ -40,39 +40,37 @@ static int copy_string(const TomlValue *table, const char *key, const char *fall
 int tpm_config_parse(TomlValue *root, TpmConfig *ret, ConfigError *ret_error)
 {
         _cleanup_toml_ TomlValue *owned = root;
-        TpmConfig c = { .auth_key_index = TPM_AUTH_KEY_INDEX_DEFAULT };
+        _cleanup_(tpm_config_done) TpmConfig c = { .auth_key_index = TPM_AUTH_KEY_INDEX_DEFAULT };
         const TomlValue *index, *hierarchy = NULL;
         int64_t v;
         int r;
 
         r = copy_string(root, "tcti", TPM_DEFAULT_TCTI, &c.settings.tcti, ret_error);
         if (r < 0)
-                goto fail;
+                return r;
 
         index = toml_table_get(root, "auth_key_index");
         if (index && index->type == TOML_STRING) {
                 /* Upstream's template writes it quoted, which upstream rejects without a word. */
-                r = config_error_at(ret_error, index,
-                                    "auth_key_index must be an integer, not a string: write "
-                                    "auth_key_index = %s without quotes",
-                                    index->string.data);
-                goto fail;
+                return config_error_at(ret_error, index,
+                                       "auth_key_index must be an integer, not a string: write "
+                                       "auth_key_index = %s without quotes",
+                                       index->string.data);
         }
         r = config_get_integer(root, "auth_key_index", &v, ret_error);
         if (r >= 0) {
                 if (v < 0 || v > TPM_AUTH_KEY_INDEX_MAX) {
-                        r = config_error_at(ret_error, index,
-                                            "auth_key_index must be from 0 to 0x%x",
-                                            TPM_AUTH_KEY_INDEX_MAX);
-                        goto fail;
+                        return config_error_at(ret_error, index,
+                                               "auth_key_index must be from 0 to 0x%x",
+                                               TPM_AUTH_KEY_INDEX_MAX);
                 }
                 c.auth_key_index = (uint32_t)v;
         } else if (r != -ENOENT)
-                goto fail;
+                return r;
 
         r = config_get_table(root, "hierarchy_authorization", &hierarchy, ret_error);
         if (r < 0 && r != -ENOENT)
-                goto fail;
+                return r;
         if (hierarchy) {
                 r = copy_string(hierarchy, "endorsement", NULL, &c.settings.endorsement_auth,
                                 ret_error);
@@ -80,26 +78,23 @@ int tpm_config_parse(TomlValue *root, TpmConfig *ret, ConfigError *ret_error)
                         r = copy_string(hierarchy, "owner", NULL, &c.settings.owner_auth,
                                         ret_error);
                 if (r < 0)
-                        goto fail;
+                        return r;
                 for (const char *const *k = (const char *const[]){ "endorsement", "owner", NULL };
                      *k; k++) {
                         const TomlValue *p = toml_table_get(hierarchy, *k);
 
                         /* A TPM2B_AUTH holds at most 64 bytes (SHA-512). */
                         if (p && p->string.len > 64) {
-                                r = config_error_at(ret_error, p,
-                                                    "hierarchy_authorization.%s is longer than "
-                                                    "64 bytes",
-                                                    *k);
-                                goto fail;
+                                return config_error_at(ret_error, p,
+                                                       "hierarchy_authorization.%s is longer than "
+                                                       "64 bytes",
+                                                       *k);
                         }
                 }
         }
         *ret = c;
+        c = (TpmConfig){};
         return 0;
-fail:
-        tpm_config_done(&c);
-        return r;
 }
 
 int tpm_config_load(TpmConfig *ret, ConfigError *ret_error)

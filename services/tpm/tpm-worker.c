@@ -200,8 +200,9 @@ void tpm_worker_free(TpmWorker *w)
                 free(j);
         }
         /* Wait a little for the job in progress; a TPM that hangs keeps its thread. */
+        log_debug("Stopping the TPM thread.");
         clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_sec += 5;
+        deadline.tv_sec += 2;
         if (pthread_timedjoin_np(w->thread, NULL, &deadline) != 0) {
                 log_warning("The TPM does not answer; leaving its thread behind.");
                 (void)pthread_detach(w->thread);
@@ -217,6 +218,7 @@ void tpm_worker_free(TpmWorker *w)
         sd_event_source_disable_unref(w->source);
         shared_unref(s);
         free(w);
+        log_debug("The TPM thread is done.");
 }
 
 int tpm_worker_submit(TpmWorker *w, TpmJobRun run, TpmJobDone done, void *data)

@@ -70,7 +70,7 @@ DEFAULT_TIMEOUT = 10.0
 # Waiting for polkitd to reload its rules: generous, as a loaded CI machine can be slow.
 RULES_TIMEOUT = 30.0
 POLL_INTERVAL = 0.01
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 10.0  # daemons under LeakSanitizer take a while to exit
 SUN_PATH_MAX = 107
 
 # The rules file written after every rules change: when polkitd logs its marker, it has re-read

@@ -13,8 +13,12 @@ sockets in run_dir/sockets.
 
 With token= (an aziot_tokens token: softhsm2, tpm2-pkcs11), keyd's configuration names its module
 (pkcs11_lib_path) and the token as pkcs11_base_slot, so new keys are created on the token.
+
+CertsServices and TpmServices do the same for certd (certd.sock) and tpmd (tpmd.sock, with the
+TPM named by a TCTI string: aziot_tpm.Swtpm(...).tcti for a simulator).
 """
 
+import json
 import os
 
 import aziot_harness
@@ -27,7 +31,7 @@ class _Service:
     run_dir/config/<name> (config.toml + config.d), its socket run_dir/sockets/<name>.sock served
     by a gateway, and the AZIOT_<NAME>_CONFIG variables that point both at that configuration."""
 
-    name = None         # "keyd", "certd"
+    name = None         # "keyd", "certd", "tpmd"
     bus_name = None
     binary_path = None  # below the build directory
 
@@ -234,3 +238,63 @@ class CertsServices(_Service):
         self.write_service_file({"OPENSSL_MODULES": self.provider_dir})
         if gateway:
             self.start_gateway("gateway-certd")
+
+
+TPM_BUS_NAME = "org.aziot.Tpm1"
+
+
+def _toml_string(text):
+    """A TOML basic string: JSON escapes the quote, the backslash and the control characters as
+    TOML does, except DEL, which TOML wants escaped too."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+class TpmServices(_Service):
+    """tpmd (D-Bus activatable) on the TPM that tcti names (a TCTI loader string, such as
+    aziot_tpm.Swtpm(...).tcti), and the gateway on tpmd.sock. tpmd keeps its state in the TPM
+    alone: it has no home. Its configuration is run_dir/config/tpmd/config.toml: max_requests
+    (read by the gateway), tcti, then extra_config (auth_key_index, [hierarchy_authorization]);
+    its socket run_dir/sockets/tpmd.sock. tpmd_binary: the tpmd to run, if not the one below the
+    build directory."""
+
+    name = "tpmd"
+    bus_name = TPM_BUS_NAME
+    binary_path = ("services", "tpm", "aziot-tpmd")
+
+    def __init__(self, stack, tcti, tpmd_args=(), tpmd_env=None, gateway_env=None,
+                 extra_config="", tpmd_binary=None):
+        super().__init__(stack, tpmd_args, tpmd_env, gateway_env)
+        self.tpmd_socket = self.socket
+        self.tcti = tcti
+        self.extra_config = extra_config
+        self._tpmd_binary = tpmd_binary
+
+    @property
+    def binary(self):
+        """tpmd_binary if given, else tpmd below the build directory."""
+        return self._tpmd_binary or super().binary
+
+    @property
+    def tpmd_binary(self):
+        return self.binary
+
+    def make_dirs(self):
+        os.makedirs(self.config_d, mode=0o700, exist_ok=True)
+        os.makedirs(self.socket_dir, mode=0o755, exist_ok=True)
+
+    def write_config(self, max_requests=None):
+        self.make_dirs()
+        lines = []
+        if max_requests is not None:
+            lines.append(f"max_requests = {int(max_requests)}")
+        lines += [f"tcti = {_toml_string(self.tcti)}", ""]
+        if self.extra_config:
+            lines += [self.extra_config, ""]
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines))
+
+    def start(self, max_requests=None, gateway=True):
+        self.write_config(max_requests)
+        self.write_service_file()
+        if gateway:
+            self.start_gateway("gateway-tpmd")
