@@ -617,34 +617,29 @@ int keys_pkey_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t 
                        EVP_PKEY **ret)
 {
         _cleanup_(EVP_PKEY_CTX_freep) EVP_PKEY_CTX *ctx = NULL;
-        BIGNUM *bn_n = NULL, *bn_e = NULL;
-        OSSL_PARAM_BLD *bld = NULL;
-        OSSL_PARAM *params = NULL;
+        _cleanup_(BN_freep) BIGNUM *bn_n = NULL, *bn_e = NULL;
+        _cleanup_(OSSL_PARAM_BLD_freep) OSSL_PARAM_BLD *bld = NULL;
+        _cleanup_(OSSL_PARAM_freep) OSSL_PARAM *params = NULL;
         EVP_PKEY *pkey = NULL;
-        int r = -EBADMSG;
 
         if (n_len == 0 || e_len == 0 || n_len > INT_MAX || e_len > INT_MAX)
                 return -EBADMSG;
         bn_n = BN_bin2bn(n, (int)n_len, NULL);
         bn_e = BN_bin2bn(e, (int)e_len, NULL);
         bld = OSSL_PARAM_BLD_new();
-        if (!bn_n || !bn_e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) ||
-            !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) ||
-            !(params = OSSL_PARAM_BLD_to_param(bld)))
-                goto out;
-        ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+        if (bn_n && bn_e && bld && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) &&
+            OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e))
+                params = OSSL_PARAM_BLD_to_param(bld);
+        if (params)
+                ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
         if (!ctx || EVP_PKEY_fromdata_init(ctx) <= 0 ||
-            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0)
-                goto out;
-        *ret = pkey;
-        r = 0;
-out:
+            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
+                ERR_clear_error();
+                return -EBADMSG;
+        }
         ERR_clear_error();
-        OSSL_PARAM_free(params);
-        OSSL_PARAM_BLD_free(bld);
-        BN_free(bn_n);
-        BN_free(bn_e);
-        return r;
+        *ret = pkey;
+        return 0;
 }
 
 int keys_ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t *der, size_t *der_len)

@@ -65,8 +65,15 @@ static int list_from(const AZIOT_KEYS_FUNCTION_LIST *base, KeysLibrary *l)
         return 0;
 }
 
+static void dlclosep(void **dl)
+{
+        if (*dl)
+                dlclose(*dl);
+}
+
 int keys_library_open(const char *path, KeysLibrary *ret)
 {
+        _cleanup_(dlclosep) void *dl = NULL;
         const AZIOT_KEYS_FUNCTION_LIST *base = NULL;
         KeysLibrary l = {};
         GetFunctionListFn get;
@@ -81,16 +88,15 @@ int keys_library_open(const char *path, KeysLibrary *ret)
                 return 0;
         }
 
-        l.dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        if (!l.dl) {
+        dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!dl) {
                 log_error("Cannot load the key library %s: %s", path, dlerror());
                 return -ENOENT;
         }
-        get = (GetFunctionListFn)dlsym(l.dl, "aziot_keys_get_function_list");
+        get = (GetFunctionListFn)dlsym(dl, "aziot_keys_get_function_list");
         if (!get) {
                 log_error("%s does not export aziot_keys_get_function_list().", path);
-                r = -EPROTO;
-                goto fail;
+                return -EPROTO;
         }
         rc = get(AZIOT_KEYS_VERSION_2_1_0_0, &base);
         if (rc != AZIOT_KEYS_RC_OK || !base || base->version != AZIOT_KEYS_VERSION_2_1_0_0) {
@@ -101,14 +107,13 @@ int keys_library_open(const char *path, KeysLibrary *ret)
                         log_error("The key library %s offers neither function list 2.1.0.0 nor "
                                   "2.0.0.0.",
                                   path);
-                        r = -EPROTO;
-                        goto fail;
+                        return -EPROTO;
                 }
         }
         r = list_from(base, &l);
         if (r < 0) {
                 log_error("The key library %s returned an incomplete function list.", path);
-                goto fail;
+                return r;
         }
         if (l.version == AZIOT_KEYS_VERSION_2_0_0_0)
                 log_warning("The key library %s offers function list 2.0.0.0 only: keys cannot be "
@@ -117,11 +122,9 @@ int keys_library_open(const char *path, KeysLibrary *ret)
         log_info("Using the key library %s (function list %u.%u.%u.%u).", path,
                  l.version >> 24, (l.version >> 16) & 0xff, (l.version >> 8) & 0xff,
                  l.version & 0xff);
+        l.dl = TAKE_PTR(dl);
         *ret = l;
         return 0;
-fail:
-        dlclose(l.dl);
-        return r;
 }
 
 void keys_library_close(KeysLibrary *l)
