@@ -37,9 +37,8 @@ static int copy_string(const TomlValue *table, const char *key, const char *fall
         return *ret ? 0 : -ENOMEM;
 }
 
-int tpm_config_parse(TomlValue *root, TpmConfig *ret, ConfigError *ret_error)
+int tpm_config_parse(const TomlValue *root, TpmConfig *ret, ConfigError *ret_error)
 {
-        _cleanup_toml_ TomlValue *owned = root;
         _cleanup_(tpm_config_done) TpmConfig c = { .auth_key_index = TPM_AUTH_KEY_INDEX_DEFAULT };
         const TomlValue *index, *hierarchy = NULL;
         int64_t v;
@@ -99,7 +98,7 @@ int tpm_config_parse(TomlValue *root, TpmConfig *ret, ConfigError *ret_error)
 
 int tpm_config_load(TpmConfig *ret, ConfigError *ret_error)
 {
-        TomlValue *root = NULL;
+        _cleanup_toml_ TomlValue *root = NULL;
         int r;
 
         r = config_load("tpmd", &root, ret_error);

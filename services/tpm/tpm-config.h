@@ -26,6 +26,6 @@ typedef struct TpmConfig {
 
 void tpm_config_done(TpmConfig *c);
 
-/* Takes ownership of root. -EINVAL (and other negative errnos) with *ret_error filled. */
-int tpm_config_parse(TomlValue *root, TpmConfig *ret, ConfigError *ret_error);
+/* -EINVAL (and other negative errnos) with *ret_error filled. */
+int tpm_config_parse(const TomlValue *root, TpmConfig *ret, ConfigError *ret_error);
 int tpm_config_load(TpmConfig *ret, ConfigError *ret_error);

@@ -118,7 +118,8 @@ static TSS2_RC rc_tpm_code(TSS2_RC rc)
         return rc & 0xfff;
 }
 
-static int fail(TpmDevice *d, TSS2_RC rc, char *message, size_t size, const char *format, ...)
+_printf_(5, 6) static int fail(TpmDevice *d, TSS2_RC rc, char *message, size_t size,
+                              const char *format, ...)
 {
         char step[256];
         va_list ap;
