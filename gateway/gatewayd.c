@@ -13,6 +13,7 @@
 #include "bus.h"
 #include "config.h"
 #include "certs-routes.h"
+#include "identity-routes.h"
 #include "http-server.h"
 #include "keys-routes.h"
 #include "log.h"
@@ -23,14 +24,14 @@
 /* upstream's default for max_requests */
 #define DEFAULT_MAX_REQUESTS 10
 
-/* The sockets, by the names socket activation gives them. NULL: not served yet. */
+/* The sockets, by the names socket activation gives them. */
 static const struct {
         const char *name;
         const Service *service;
 } sockets[] = {
         { "keyd", &keys_service },
         { "certd", &certs_service },
-        { "identityd", NULL },
+        { "identityd", &identity_service },
         { "tpmd", &tpm_service },
 };
 
@@ -67,7 +68,7 @@ static void help(void)
                "translating each request into D-Bus calls of the aziot services.\n\n"
                "  --keyd-socket PATH       serve keyd.sock at PATH\n"
                "  --certd-socket PATH      serve certd.sock at PATH\n"
-               "  --identityd-socket PATH  (not served yet)\n"
+               "  --identityd-socket PATH  serve identityd.sock at PATH\n"
                "  --tpmd-socket PATH       serve tpmd.sock at PATH\n"
                "  -h, --help               show this help\n"
                "      --version            show the version\n\n"
@@ -167,8 +168,6 @@ static int bind_paths(Context *c)
                                   sockets[i].name);
                         return -EINVAL;
                 }
-                if (!sockets[i].service)
-                        continue; /* refused in check_served() */
                 r = http_listen_unix(c->paths[i], &c->listen[i].fd);
                 if (r < 0)
                         return log_error_errno(r, "Cannot listen on %s: %m", c->paths[i]);
@@ -186,16 +185,12 @@ static int check_served(const Context *c)
         for (size_t i = 0; i < N_SOCKETS; i++) {
                 if (c->listen[i].fd < 0 && !c->paths[i])
                         continue;
-                if (!sockets[i].service) {
-                        log_error("This version of aziot-gatewayd does not serve %s.sock yet.",
-                                  sockets[i].name);
-                        return -EOPNOTSUPP;
-                }
                 n++;
         }
         if (n == 0) {
                 log_error("Nothing to serve: pass sockets by socket activation or use "
-                          "--keyd-socket PATH, --certd-socket PATH or --tpmd-socket PATH.");
+                          "--keyd-socket PATH, --certd-socket PATH, --identityd-socket PATH or "
+                          "--tpmd-socket PATH.");
                 return -EINVAL;
         }
         return 0;

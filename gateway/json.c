@@ -1311,6 +1311,22 @@ void json_end_object(JsonWriter *w)
                 w->depth--;
 }
 
+void json_begin_array(JsonWriter *w)
+{
+        before_value(w);
+        buffer_append_byte(&w->out, '[');
+        w->depth++;
+        if (w->depth < ELEMENTSOF(w->need_comma))
+                w->need_comma[w->depth] = false;
+}
+
+void json_end_array(JsonWriter *w)
+{
+        buffer_append_byte(&w->out, ']');
+        if (w->depth > 0)
+                w->depth--;
+}
+
 void json_key(JsonWriter *w, const char *key)
 {
         before_value(w);
@@ -1333,6 +1349,18 @@ void json_string(JsonWriter *w, const char *s, size_t n)
         buffer_append_byte(&w->out, '"');
         json_escape_append(&w->out, s, n);
         buffer_append_byte(&w->out, '"');
+        after_key_value(w);
+}
+
+void json_null(JsonWriter *w)
+{
+        buffer_append_str(&w->out, "null");
+        after_key_value(w);
+}
+
+void json_raw(JsonWriter *w, const char *text, size_t n)
+{
+        buffer_append(&w->out, text, n);
         after_key_value(w);
 }
 

@@ -141,7 +141,13 @@ typedef struct JsonWriter {
 
 void json_begin_object(JsonWriter *w);
 void json_end_object(JsonWriter *w);
+/* Arrays hold objects (json_begin_object() per element). */
+void json_begin_array(JsonWriter *w);
+void json_end_array(JsonWriter *w);
 void json_key(JsonWriter *w, const char *key);
+void json_null(JsonWriter *w);
+/* text must be a whole JSON value (a service's own serialization). */
+void json_raw(JsonWriter *w, const char *text, size_t n);
 /* s must be UTF-8; escaped the way serde_json does (\" \\ \b \f \n \r \t, other controls
  * \u00XX). */
 void json_string(JsonWriter *w, const char *s, size_t n);

@@ -427,6 +427,7 @@ static void request_finish(HttpRequest *req, CURLcode cc)
         HttpClient *c = req->client;
         HttpResponse response = {};
         char *content_type = NULL;
+        curl_off_t retry_after = 0;
         int error = 0;
 
         request_unlink(req);
@@ -438,6 +439,9 @@ static void request_finish(HttpRequest *req, CURLcode cc)
                 (void)curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &response.status);
                 (void)curl_easy_getinfo(req->easy, CURLINFO_CONTENT_TYPE, &content_type);
                 response.content_type = content_type;
+                if (curl_easy_getinfo(req->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
+                    retry_after > 0)
+                        response.retry_after_sec = (uint64_t)retry_after;
                 response.body = req->response ?: (const uint8_t *)"";
                 response.body_len = req->response_len;
                 if (req->response)

@@ -58,6 +58,7 @@ typedef struct HttpRequestSpec {
 typedef struct HttpResponse {
         long status;
         const char *content_type; /* the Content-Type header's value; NULL when absent */
+        uint64_t retry_after_sec; /* Retry-After in seconds (a date is turned into a delay); 0: none */
         const uint8_t *body;      /* NUL-terminated (not counted in body_len) */
         size_t body_len;
 } HttpResponse;

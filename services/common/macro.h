@@ -25,6 +25,9 @@
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 #define STRLEN(s) (sizeof("" s "") - 1)
 
+/* Ours, evaluating each argument once, also over GLib's (which is included first). */
+#undef MIN
+#undef MAX
 #define MIN(a, b)                                                                                  \
         ({                                                                                         \
                 __typeof__(a) _a = (a);                                                            \

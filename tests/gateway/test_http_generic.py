@@ -387,13 +387,6 @@ class Lifecycle(GatewayTestCase):
         return subprocess.run([GATEWAYD] + args, env=env or self.gateway_env(), capture_output=True,
                               text=True, timeout=10, **kw)
 
-    def test_refuses_unserved_sockets(self):
-        for name in ["identityd"]:
-            r = self.run_gateway([f"--{name}-socket", os.path.join(self.tmp, f"{name}.sock")])
-            self.assertNotEqual(r.returncode, 0)
-            self.assertIn(f"does not serve {name}.sock yet", r.stdout + r.stderr)
-            self.assertFalse(os.path.exists(os.path.join(self.tmp, f"{name}.sock")))
-
     def test_nothing_to_serve(self):
         r = self.run_gateway([])
         self.assertNotEqual(r.returncode, 0)

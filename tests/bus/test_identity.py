@@ -1,0 +1,507 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""aziot-identityd's provisioning over D-Bus: the real daemon on a private system bus with our
+policy and the real polkitd, next to the real keyd (the device key, the master key), certd (a
+local CA for X.509 identities, the DPS trust bundle) and tpmd on swtpm, against the strict mock
+DPS and IoT Hub (tests/cloud/mock_dps.py, mock_hub.py; HTTPS with their own CA, given to identityd
+as its trust store through SSL_CERT_FILE).
+
+What identityd says is checked against what the mocks saw and decide: the DPS request log (SAS
+with skn=registration, TLS client certificates, the TPM challenge), the device the DPS created in
+the mock Hub, and the mock Hub's verdict on a SAS token signed with the key handle identityd
+hands out.
+
+Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOT_IDENTITYD, AZIOT_KEYD,
+AZIOT_CERTD, AZIOT_TPMD, AZIOT_PROVIDER_DIR.
+"""
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.parse
+
+SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+
+
+def _binary(env, *path):
+    return os.environ.get(env) or os.path.join(BUILD_DIR, *path)
+
+
+IDENTITYD = _binary("AZIOT_IDENTITYD", "services", "identity", "aziot-identityd")
+KEYD = _binary("AZIOT_KEYD", "services", "keys", "aziot-keyd")
+CERTD = _binary("AZIOT_CERTD", "services", "certs", "aziot-certd")
+TPMD = _binary("AZIOT_TPMD", "services", "tpm", "aziot-tpmd")
+PROVIDER_DIR = os.environ.get("AZIOT_PROVIDER_DIR") or os.path.join(BUILD_DIR, "provider")
+
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
+import aziot_harness  # noqa: E402
+import aziot_tpm  # noqa: E402
+import mock_dps  # noqa: E402
+import mock_hub  # noqa: E402
+
+import dbus  # noqa: E402
+from cryptography import x509  # noqa: E402
+
+ID_NAME, ID_PATH, ID_IFACE = "org.aziot.Identity1", "/org/aziot/Identity1", "org.aziot.Identity1"
+KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
+CERTS_NAME = "org.aziot.Certificates1"
+TPM_NAME = "org.aziot.Tpm1"
+ERR = "org.aziot.Identity1.Error."
+ID_GROUP = "aziotid"
+USER_A, USER_B = aziot_harness.TEST_USERS
+PYTHON = "/usr/bin/python3"
+CALL_TIMEOUT = 30
+PROVISION_TIMEOUT = 40
+
+USER_CALL = r'''
+import json, os, sys
+import dbus
+method, signature, args = json.loads(sys.argv[1])
+conn = dbus.bus.BusConnection(os.environ["DBUS_SYSTEM_BUS_ADDRESS"])
+try:
+    r = conn.call_blocking("org.aziot.Identity1", "/org/aziot/Identity1", "org.aziot.Identity1",
+                           method, signature, args, timeout=30)
+    print(json.dumps({"ok": {str(k): str(v) for k, v in r.items()} if isinstance(r, dict) else None}))
+except dbus.DBusException as e:
+    print(json.dumps({"error": e.get_dbus_name(), "message": e.get_dbus_message()}))
+'''
+
+
+class CallError(Exception):
+    def __init__(self, name, message):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def sas_encode(s):
+    return urllib.parse.quote(s, safe="/:%+&!$'()*,;@")
+
+
+class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+    """One stack, mock DPS + IoT Hub (one registry), keyd and certd per class; identityd (and its
+    home) per test."""
+
+    SCOPE = "0ne00000A1"
+    TPM = False
+
+    @classmethod
+    def setUpClass(cls):
+        for path in (IDENTITYD, KEYD, CERTD) + ((TPMD,) if cls.TPM else ()):
+            if not os.access(path, os.X_OK):
+                raise unittest.SkipTest(f"{path} is not built")
+        aziot_harness.ensure_test_users()
+        aziot_harness.ensure_group(ID_GROUP)
+        cls.run_dir = tempfile.mkdtemp(prefix="aziot-idprov-")
+        os.chmod(cls.run_dir, 0o755)
+        cls.serial = 0
+        cls.hub = mock_hub.MockHub(os.path.join(cls.run_dir, "hub"))
+        cls.dps = mock_dps.MockDps(os.path.join(cls.run_dir, "dps"), id_scope=cls.SCOPE,
+                                   hub=cls.hub)
+        cls.swtpm = None
+        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
+        try:
+            cls.hub.start()
+            cls.dps.start()
+            cls.ca_bundle = os.path.join(cls.run_dir, "cloud-ca.pem")
+            with open(cls.ca_bundle, "w") as out:
+                for path in (cls.hub.server_ca_path, cls.dps.server_ca_path):
+                    with open(path) as f:
+                        out.write(f.read())
+            cls.enrollment = cls.dps.add_symmetric_key("dev1")
+            cls.stack.start()
+            cls.conn = cls.stack.bus()
+            cls.start_keyd()
+            cls.start_certd()
+            if cls.TPM:
+                cls.swtpm = aziot_tpm.Swtpm(os.path.join(cls.run_dir, "swtpm")).start()
+                cls.start_tpmd()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def start_keyd(cls):
+        keyd_dir = os.path.join(cls.run_dir, "keyd")
+        os.makedirs(os.path.join(keyd_dir, "config.d"))
+        secrets_dir = os.path.join(cls.run_dir, "secrets")
+        os.makedirs(secrets_dir, mode=0o700)
+        device_key = os.path.join(secrets_dir, "device-id.key")
+        with open(device_key, "wb") as f:
+            f.write(base64.b64decode(cls.enrollment.primary_key))
+        with open(os.path.join(keyd_dir, "config.toml"), "w") as f:
+            f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n\n'
+                    f'[preloaded_keys]\ndevice-id = "file://{device_key}"\n')
+        cls.stack.start_process(
+            "keyd", [KEYD, "--idle-timeout=0"],
+            env={"AZIOT_KEYD_CONFIG": os.path.join(keyd_dir, "config.toml"),
+                 "AZIOT_KEYD_CONFIG_DIR": os.path.join(keyd_dir, "config.d"),
+                 "AZIOT_LOG": "debug"},
+            wait_bus_name=KEYS_NAME)
+
+    @classmethod
+    def start_certd(cls):
+        """certd with a local CA issuing the X.509 device identities."""
+        certd_dir = os.path.join(cls.run_dir, "certd")
+        os.makedirs(os.path.join(certd_dir, "config.d"))
+        cls.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "CreateKeyPairIfNotExists",
+                               "sasa{sv}", ["local-ca", ["ec-p256"], {}], timeout=CALL_TIMEOUT)
+        with open(os.path.join(certd_dir, "config.toml"), "w") as f:
+            f.write(f'homedir_path = "{certd_dir}/home"\n\n'
+                    '[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
+                    '[cert_issuance.local-ca]\nmethod = "self_signed"\n'
+                    'common_name = "Device CA"\n\n'
+                    '[cert_issuance.device-id]\nmethod = "local_ca"\n')
+        cls.stack.start_process(
+            "certd", [CERTD, "--idle-timeout=0"],
+            env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
+                 "AZIOT_CERTD_CONFIG_DIR": os.path.join(certd_dir, "config.d"),
+                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
+            wait_bus_name=CERTS_NAME)
+
+    @classmethod
+    def start_tpmd(cls):
+        tpmd_dir = os.path.join(cls.run_dir, "tpmd")
+        os.makedirs(os.path.join(tpmd_dir, "config.d"))
+        with open(os.path.join(tpmd_dir, "config.toml"), "w") as f:
+            f.write(f'tcti = "{cls.swtpm.tcti}"\n')
+        cls.stack.start_process(
+            "tpmd", [TPMD, "--idle-timeout=0"],
+            env={"AZIOT_TPMD_CONFIG": os.path.join(tpmd_dir, "config.toml"),
+                 "AZIOT_TPMD_CONFIG_DIR": os.path.join(tpmd_dir, "config.d"),
+                 "AZIOT_LOG": "debug"},
+            wait_bus_name=TPM_NAME)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+        cls.dps.stop()
+        cls.hub.stop()
+        if cls.swtpm:
+            cls.swtpm.stop()
+        if cls.failed:
+            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(cls.run_dir, ignore_errors=True)
+
+    def setUp(self):
+        type(self).serial += 1
+        self.dir = os.path.join(self.run_dir, f"t{type(self).serial}")
+        self.home = os.path.join(self.dir, "home")
+        self.config = os.path.join(self.dir, "config.toml")
+        self.config_d = os.path.join(self.dir, "config.d")
+        os.makedirs(self.config_d)
+        for mock in (self.dps, self.hub):
+            mock.clear_faults()
+            mock.up()
+            mock.clear_log()
+
+    def tearDown(self):
+        self.remove_test_rules()
+        for mock in (self.dps, self.hub):
+            mock.clear_faults()
+            mock.up()
+        if "identityd" in self.stack.processes:
+            status = self.stack.stop_process("identityd")
+            self.assertEqual(status, 0, "identityd did not exit cleanly on SIGTERM")
+
+    # -- configuration and daemon ---------------------------------------------------------------
+
+    def dps_config(self, attestation, principals="", payload=None):
+        text = (f'hostname = "testhost"\nhomedir = "{self.home}"\n\n'
+                f'[provisioning]\nsource = "dps"\nglobal_endpoint = "{self.dps.url}/ignored/path"\n'
+                f'scope_id = "{self.SCOPE}"\n')
+        if payload is not None:
+            path = os.path.join(self.dir, "payload.json")
+            with open(path, "w") as f:
+                f.write(payload)
+            text += f'payload = {{ uri = "file://{path}" }}\n'
+        return text + "\n[provisioning.attestation]\n" + attestation + "\n" + principals
+
+    def symmetric(self, rid="dev1"):
+        return f'method = "symmetric_key"\nregistration_id = "{rid}"\nsymmetric_key = "device-id"\n'
+
+    def start_identityd(self, config, wait=True):
+        with open(self.config, "w") as f:
+            f.write(config)
+        self.identityd = self.stack.start_process(
+            "identityd", [IDENTITYD],
+            env={"AZIOT_IDENTITYD_CONFIG": self.config,
+                 "AZIOT_IDENTITYD_CONFIG_DIR": self.config_d,
+                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR,
+                 "SSL_CERT_FILE": self.ca_bundle},
+            wait_bus_name=ID_NAME)
+        return self.identityd
+
+    def restart_identityd(self):
+        self.stack.stop_process("identityd")
+        with open(self.config) as f:
+            return self.start_identityd(f.read())
+
+    def state(self):
+        return str(self.conn.call_blocking(ID_NAME, ID_PATH, "org.freedesktop.DBus.Properties",
+                                           "Get", "ss", [ID_IFACE, "ProvisioningState"],
+                                           timeout=CALL_TIMEOUT))
+
+    def wait_state(self, *states):
+        wait_until(lambda: self.state() in states, PROVISION_TIMEOUT,
+                   f"ProvisioningState in {states}")
+        return self.state()
+
+    def call(self, method, signature="a{sv}", *args):
+        args = args or ({},)
+        try:
+            r = self.conn.call_blocking(ID_NAME, ID_PATH, ID_IFACE, method, signature, list(args),
+                                        timeout=CALL_TIMEOUT)
+        except dbus.DBusException as e:
+            raise CallError(e.get_dbus_name(), e.get_dbus_message()) from None
+        return {str(k): str(v) for k, v in r.items()} if isinstance(r, dict) else r
+
+    def call_as(self, user, method, signature="a{sv}", *args, groups=(ID_GROUP,)):
+        args = list(args or ({},))
+        r = self.stack.run_as(user, [PYTHON, "-c", USER_CALL, json.dumps([method, signature, args])],
+                              groups=list(groups))
+        if r.returncode != 0:
+            raise AssertionError(f"the client as {user} failed:\n{r.stdout}\n{r.stderr}")
+        out = json.loads(r.stdout)
+        if "error" in out:
+            raise CallError(out["error"], out["message"])
+        return out["ok"]
+
+    def assertFails(self, name, message, fn, *args, **kwargs):
+        with self.assertRaises(CallError, msg=f"{args!r} succeeded") as cm:
+            fn(*args, **kwargs)
+        self.assertEqual(cm.exception.name, ERR + name, str(cm.exception))
+        if message is not None:
+            self.assertIn(message, cm.exception.message)
+        return cm.exception
+
+    def device_token(self, identity, device_id):
+        """A device SAS token signed by keyd with the handle identityd gave, as a client makes it."""
+        resource = f"{identity['hubName']}/devices/{device_id}".lower()
+        expiry = int(time.time()) + 300
+        to_sign = f"{sas_encode(resource)}\n{expiry}".encode()
+        sig = self.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "Sign", "ssaya{sv}",
+                                      [identity["keyHandle"], "HMAC-SHA256",
+                                       dbus.ByteArray(to_sign), {}],
+                                      timeout=CALL_TIMEOUT, byte_arrays=True)
+        return (f"SharedAccessSignature sr={sas_encode(resource)}"
+                f"&sig={urllib.parse.quote(base64.b64encode(bytes(sig)).decode(), safe='')}"
+                f"&se={expiry}")
+
+    def device_info(self):
+        with open(os.path.join(self.home, "device_info")) as f:
+            return f.read()
+
+
+class DpsSymmetricKeyTest(IdentityTestCase):
+    def test_registers_and_serves_the_device(self):
+        self.start_identityd(self.dps_config(self.symmetric(), payload='{"site": "north"}'))
+        self.assertEqual(self.wait_state("provisioned"), "provisioned")
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual(device["type"], "aziot")
+        self.assertEqual(device["hubName"], self.hub.hostname)
+        self.assertEqual(device["gatewayHost"], self.hub.hostname)
+        self.assertEqual(device["deviceId"], "dev1")
+        self.assertEqual(device["authType"], "sas")
+        # The handle signs what the Hub accepts as the device.
+        verdict = self.hub.verify_token(self.device_token(device, "dev1"), "dev1")
+        self.assertTrue(verdict, getattr(verdict, "reason", ""))
+        # On the wire: SAS with skn=registration, the payload, the endpoint's path replaced.
+        register = self.dps.http_requests("register")
+        self.assertEqual(len(register), 1)
+        self.assertIn("skn=registration", register[0].headers["authorization"])
+        self.assertTrue(register[0].path.startswith(f"/{self.SCOPE}/registrations/dev1/register"))
+        self.assertEqual(json.loads(register[0].body)["payload"], {"site": "north"})
+        self.assertNotIn("user-agent", register[0].headers)
+        # The backup, as upstream writes it.
+        self.assertEqual(self.device_info(),
+                         f'hub_name = "{self.hub.hostname}"\ndevice_id = "dev1"\n')
+        info = self.call("GetProvisioningInfo")
+        self.assertEqual(info["source"], "dps")
+        self.assertEqual(info["auth"], "symmetric_key")
+        self.assertEqual(info["scope_id"], self.SCOPE)
+        self.assertEqual(info["registration_id"], "dev1")
+        self.assertEqual(json.loads(info["payload"]), {"site": "north"})
+        # GetIdentity is the device's for root.
+        self.assertEqual(self.call("GetIdentity")["deviceId"], "dev1")
+
+    def test_restart_uses_the_backup_without_dps(self):
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        registered = len(self.dps.http_requests("register"))
+        self.dps.down()
+        self.restart_identityd()
+        self.assertEqual(self.wait_state("provisioned", "offline"), "provisioned")
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+        self.assertEqual(len(self.dps.http_requests("register")), registered)
+
+    def test_no_backup_and_dps_down_then_reprovision(self):
+        self.dps.down()
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.assertEqual(self.wait_state("failed"), "failed")
+        self.assertFails("NotFound", "device identity not found", self.call,
+                         "GetDeviceIdentity")
+        self.assertTrue(self.identityd.alive())
+        self.dps.up()
+        self.call("ReprovisionDevice")
+        self.assertEqual(self.state(), "provisioned")
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+
+    def test_failed_reprovision_keeps_the_backup(self):
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        backup = self.device_info()
+        self.dps.down()
+        e = self.assertFails("CloudError", "DPS client error", self.call, "ReprovisionDevice")
+        self.assertTrue(e.message.startswith("DPS client error\ncaused by: "), e.message)
+        self.assertEqual(self.device_info(), backup)
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+        # And a restart still serves it, without DPS.
+        self.restart_identityd()
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+
+    def test_bad_dps_answers(self):
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        failing = self.dps.add_symmetric_key("dev-fails", outcome="failed",
+                                             error_message="Custom allocation failed: no hub")
+        for fault, words in [
+            (lambda: setattr(self.dps, "body_mode", "garbage"), "not JSON"),
+            (lambda: self.dps.fail(400, message="Bad things"), "Bad things"),
+        ]:
+            with self.subTest(words=words):
+                self.dps.clear_faults()
+                fault()
+                e = self.assertFails("CloudError", words, self.call, "ReprovisionDevice")
+                self.assertTrue(e.message.startswith("DPS client error"), e.message)
+        self.dps.clear_faults()
+        del failing
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+
+    def test_assignment_failure_is_reported(self):
+        self.dps.add_symmetric_key("dev-fails", primary_key=self.enrollment.primary_key,
+                                   outcome="failed",
+                                   error_message="Custom allocation failed: no hub")
+        self.start_identityd(self.dps_config(self.symmetric("dev-fails")))
+        self.assertEqual(self.wait_state("failed"), "failed")
+        self.assertIn("Custom allocation failed: no hub", self.identityd.log())
+
+    def test_throttled_then_served(self):
+        self.dps.fail(429, retry_after=1, count=1, routes=["register"])
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned")
+        self.assertIn("throttled (429)", self.identityd.log())
+
+    def test_authorization(self):
+        uid_a = aziot_harness.ensure_test_users()[USER_A].pw_uid
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        # Not a principal: refused, as upstream ("authorization error").
+        with self.assertRaises(CallError) as cm:
+            self.call_as(USER_A, "GetDeviceIdentity")
+        self.assertEqual((cm.exception.name, cm.exception.message),
+                         (ERR + "NotAuthorized", "authorization error"))
+        # Provisioning info needs nothing.
+        self.assertEqual(self.call_as(USER_A, "GetProvisioningInfo")["source"], "dps")
+        # A principal with idtype "device" reads the device identity.
+        with open(os.path.join(self.config_d, "principals.toml"), "w") as f:
+            f.write(f'[[principal]]\nuid = {uid_a}\nname = "watcher"\nidtype = ["device"]\n')
+        wait_until(lambda: "Configuration reloaded" in self.identityd.log(), 10, "the reload")
+        self.assertEqual(self.call_as(USER_A, "GetDeviceIdentity")["deviceId"], "dev1")
+        # polkit can grant what the principals do not.
+        with self.assertRaises(CallError) as cm:
+            self.call_as(USER_A, "ReprovisionDevice")
+        self.assertEqual(cm.exception.name, ERR + "NotAuthorized")
+        self.add_rules(f'''polkit.addRule(function(action, subject) {{
+            if (action.id == "org.aziot.identity.manage" && subject.user == "{USER_A}")
+                return polkit.Result.YES;
+        }});''')
+        self.assertIsNone(self.call_as(USER_A, "ReprovisionDevice"))
+
+
+class IntrospectionTest(IdentityTestCase):
+    def test_introspection_matches_the_xml(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_certs import describe_interface
+        self.start_identityd(self.dps_config(self.symmetric()))
+        with open(os.path.join(SOURCE_DIR, "dbus", "org.aziot.Identity1.xml")) as f:
+            documented = describe_interface(f.read(), ID_IFACE)
+        text = self.conn.call_blocking(ID_NAME, ID_PATH, "org.freedesktop.DBus.Introspectable",
+                                       "Introspect", "", [], timeout=CALL_TIMEOUT)
+        self.assertEqual(describe_interface(str(text), ID_IFACE), documented)
+
+
+class DpsX509Test(IdentityTestCase):
+    def test_identity_certificate_made_then_registered(self):
+        ca_pem = self._make_local_ca()
+        self.dps.add_x509_group("x509-group", ca=[x509.load_pem_x509_certificate(ca_pem.encode())])
+        self.start_identityd(self.dps_config(
+            'method = "x509"\nregistration_id = "dev-x509"\nidentity_cert = "device-id"\n'
+            'identity_pk = "device-id"\n'))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned",
+                         self.identityd.log()[-3000:])
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual(device["deviceId"], "dev-x509")
+        self.assertEqual(device["authType"], "x509")
+        self.assertEqual(device["certId"], "device-id")
+        register = self.dps.http_requests("register")[-1]
+        self.assertNotIn("authorization", register.headers)
+        self.assertEqual(register.client_cert.subject.rfc4514_string(), "CN=dev-x509")
+        self.assertEqual(self.call("GetProvisioningInfo")["auth"], "x509")
+
+    def _make_local_ca(self):
+        """The local CA's certificate, self-signed by certd with the key keyd holds."""
+        env = self.stack.child_env({"OPENSSL_MODULES": PROVIDER_DIR})
+        env.pop("OPENSSL_CONF", None)
+        r = subprocess.run(["openssl", "req", "-new", "-provider-path", PROVIDER_DIR, "-provider",
+                            "aziot", "-provider", "default", "-key", "aziot-key:pair/local-ca",
+                            "-subj", "/CN=Device CA"], env=env, capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return str(self.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
+                                           "CreateCertificate", "ssa{sv}",
+                                           ["local-ca", r.stdout, {}], timeout=CALL_TIMEOUT))
+
+
+class DpsTpmTest(IdentityTestCase):
+    TPM = True
+
+    def test_tpm_challenge_then_registered(self):
+        ek, _ = self.conn.call_blocking(TPM_NAME, "/org/aziot/Tpm1", TPM_NAME, "GetTpmKeys",
+                                        "a{sv}", [{}], timeout=CALL_TIMEOUT, byte_arrays=True)
+        self.dps.add_tpm("dev-tpm", endorsement_key=bytes(ek))
+        self.start_identityd(self.dps_config('method = "tpm"\nregistration_id = "dev-tpm"\n'))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned",
+                         self.identityd.log()[-3000:])
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual(device["deviceId"], "dev-tpm")
+        self.assertEqual(device["authType"], "tpm")
+        self.assertNotIn("keyHandle", device)
+        register = self.dps.http_requests("register")
+        self.assertEqual([r.status for r in register], [401, 202])
+        self.assertNotIn("authorization", register[0].headers)
+        self.assertIn("tpm", json.loads(register[0].body))
+        self.assertIn("skn=registration", register[1].headers["authorization"])
+        self.assertEqual(self.call("GetProvisioningInfo")["auth"], "tpm")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
