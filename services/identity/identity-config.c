@@ -176,13 +176,26 @@ static int parse_dps(const TomlValue *prov, IdentityProvisioning *p, ConfigError
                 return r;
 
         if (streq(method, "symmetric_key")) {
+                const char *enrollment;
+
                 p->auth = IDENTITY_AUTH_SYMMETRIC_KEY;
                 r = copy_string(att, "registration_id", true, "provisioning.attestation",
                                 &p->registration_id, ret_error);
                 if (r >= 0)
                         r = copy_string(att, "symmetric_key", true, "provisioning.attestation",
                                         &p->symmetric_key, ret_error);
-                return r;
+                if (r < 0)
+                        return r;
+                r = config_get_string(att, "enrollment", &enrollment, ret_error);
+                if (r == -ENOENT)
+                        return 0;
+                if (r < 0)
+                        return r;
+                if (!streq(enrollment, "group") && !streq(enrollment, "individual"))
+                        return config_error_at(ret_error, toml_table_get(att, "enrollment"),
+                                               "enrollment must be \"individual\" or \"group\"");
+                p->group_enrollment = streq(enrollment, "group");
+                return 0;
         }
         if (streq(method, "tpm")) {
                 p->auth = IDENTITY_AUTH_TPM;

@@ -14,6 +14,10 @@
  *   [[principal]] uid, name, idtype = ["device", "module", "local"], localid = {type, attributes}
  *   [endpoints]                             accepted and ignored (everything is on the bus here)
  *
+ * and one key of ours: [provisioning.attestation] enrollment = "group" (default "individual")
+ * for a DPS symmetric key that is an enrollment group's key, from which keyd derives the device's
+ * key (cloud-protocols.md §2.4) — upstream needs the derived key itself in the configuration.
+ *
  * and checks it as upstream does: principal names unique; idtype "local" needs [localid];
  * localid options need idtype "local"; idtypes "module" and "device" need a provisioning source
  * other than "none"; DPS is refused with local_gateway_hostname. Unlike upstream, every error names
@@ -57,6 +61,9 @@ typedef struct IdentityProvisioning {
         X509_NAME *registration_name; /* x509 as a table (or the string as CN); NULL: none */
         /* keys and certificates */
         char *symmetric_key;          /* keyd key id: manual device_id_pk, dps symmetric_key */
+        bool group_enrollment;        /* dps symmetric_key is an enrollment group's key (ours:
+                                       * enrollment = "group"): the device key is derived in
+                                       * keyd as HMAC-SHA256(group key, registration id) */
         char *identity_cert, *identity_pk;
         X509_NAME *csr_subject;       /* manual x509 csr_subject (CN = device_id forced) */
         bool auto_renew;              /* dps x509 identity_auto_renew present */

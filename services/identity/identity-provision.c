@@ -35,10 +35,52 @@ const char *identity_state_to_string(IdentityState s)
 
 /* ---- the device's keys and certificates ---- */
 
+/* keyd's CreateDerivedKey(base, data): HMAC-SHA256(base key, data) as a handle. */
+static int derive_key(Manager *m, const char *base, const char *data, char **ret, char *message,
+                      size_t size)
+{
+        _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *call = NULL, *reply = NULL;
+        const char *handle;
+        int r;
+
+        r = sd_bus_message_new_method_call(m->bus, &call, "org.aziot.Keys1", "/org/aziot/Keys1",
+                                           "org.aziot.Keys1", "CreateDerivedKey");
+        if (r >= 0)
+                r = sd_bus_message_append(call, "s", base);
+        if (r >= 0)
+                r = sd_bus_message_append_array(call, 'y', data, strlen(data));
+        if (r >= 0)
+                r = sd_bus_message_append(call, "a{sv}", 0);
+        if (r >= 0)
+                r = sd_bus_call(m->bus, call, 0, &e, &reply);
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "s", &handle);
+        if (r < 0) {
+                (void)snprintf(message, size, "Key client error\ncaused by: %s",
+                               e.message ? e.message : strerror(-r));
+                return r;
+        }
+        *ret = strdup(handle);
+        return *ret ? 0 : -ENOMEM;
+}
+
 int identity_device_key_handle(Manager *m, char **ret, char *message, size_t size)
 {
-        return identity_call_string(m, "keyd", "LoadKey", ret, message, size, "s",
-                                    m->config.provisioning.symmetric_key);
+        const IdentityProvisioning *p = &m->config.provisioning;
+        _cleanup_free_ char *group = NULL;
+        int r;
+
+        if (!p->group_enrollment)
+                return identity_call_string(m, "keyd", "LoadKey", ret, message, size, "s",
+                                            p->symmetric_key);
+        /* The device key of an enrollment group, derived in keyd: the group key never leaves
+         * it. */
+        r = identity_call_string(m, "keyd", "LoadKey", &group, message, size, "s",
+                                 p->symmetric_key);
+        if (r < 0)
+                return r;
+        return derive_key(m, group, p->registration_id, ret, message, size);
 }
 
 int identity_pem_common_name(const char *pem, char **ret)

@@ -126,6 +126,7 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
                     with open(path) as f:
                         out.write(f.read())
             cls.enrollment = cls.dps.add_symmetric_key("dev1")
+            cls.group = cls.dps.add_symmetric_key_group("grp")
             cls.stack.start()
             cls.conn = cls.stack.bus()
             cls.start_keyd()
@@ -144,11 +145,15 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         secrets_dir = os.path.join(cls.run_dir, "secrets")
         os.makedirs(secrets_dir, mode=0o700)
         device_key = os.path.join(secrets_dir, "device-id.key")
+        group_key = os.path.join(secrets_dir, "group-key.key")
         with open(device_key, "wb") as f:
             f.write(base64.b64decode(cls.enrollment.primary_key))
+        with open(group_key, "wb") as f:
+            f.write(base64.b64decode(cls.group.primary_key))
         with open(os.path.join(keyd_dir, "config.toml"), "w") as f:
             f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n\n'
-                    f'[preloaded_keys]\ndevice-id = "file://{device_key}"\n')
+                    f'[preloaded_keys]\ndevice-id = "file://{device_key}"\n'
+                    f'group-key = "file://{group_key}"\n')
         cls.stack.start_process(
             "keyd", [KEYD, "--idle-timeout=0"],
             env={"AZIOT_KEYD_CONFIG": os.path.join(keyd_dir, "config.toml"),
@@ -342,6 +347,25 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         self.assertEqual(json.loads(info["payload"]), {"site": "north"})
         # GetIdentity is the device's for root.
         self.assertEqual(self.call("GetIdentity")["deviceId"], "dev1")
+
+    def test_group_enrollment_key_derived_in_keyd(self):
+        self.start_identityd(self.dps_config(
+            'method = "symmetric_key"\nregistration_id = "dev-grp"\n'
+            'symmetric_key = "group-key"\nenrollment = "group"\n'))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned",
+                         self.identityd.log()[-2000:])
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual(device["deviceId"], "dev-grp")
+        # The handle is the derived device key's: the Hub accepts what it signs as dev-grp.
+        verdict = self.hub.verify_token(self.device_token(device, "dev-grp"), "dev-grp")
+        self.assertTrue(verdict, getattr(verdict, "reason", ""))
+        # The group key itself signs nothing the Hub accepts for the device.
+        group_handle = str(self.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "LoadKey",
+                                                   "sa{sv}", ["group-key", {}],
+                                                   timeout=CALL_TIMEOUT))
+        verdict = self.hub.verify_token(
+            self.device_token(dict(device, keyHandle=group_handle), "dev-grp"), "dev-grp")
+        self.assertFalse(verdict)
 
     def test_restart_uses_the_backup_without_dps(self):
         self.start_identityd(self.dps_config(self.symmetric()))

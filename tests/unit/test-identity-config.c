@@ -98,6 +98,7 @@ static void test_dps_variants(void **state)
         assert_string_equal(a.provisioning.scope_id, "0ab1234C5D6");
         assert_string_equal(a.provisioning.payload_path, "/etc/aziot/payload.json");
         assert_string_equal(a.provisioning.registration_id, "dev1");
+        assert_false(a.provisioning.group_enrollment);
 
         assert_int_equal(parse(HEAD "[provisioning]\nsource = \"dps\"\n"
                                     "global_endpoint = \"https://g/\"\nscope_id = \"s\"\n"
@@ -142,6 +143,11 @@ static void test_refused(void **state)
                             "device_id = \"d\"\n[provisioning.authentication]\n"
                             "method = \"psk\"\n",
                        "unknown authentication method");
+        assert_refused(HEAD "[provisioning]\nsource = \"dps\"\nglobal_endpoint = \"https://g/\"\n"
+                            "scope_id = \"s\"\n[provisioning.attestation]\n"
+                            "method = \"symmetric_key\"\nregistration_id = \"r\"\n"
+                            "symmetric_key = \"k\"\nenrollment = \"batch\"\n",
+                       "enrollment must be");
         assert_refused(HEAD "[provisioning]\nsource = \"dps\"\nlocal_gateway_hostname = \"p\"\n"
                             "global_endpoint = \"https://g/\"\nscope_id = \"s\"\n",
                        "not supported in nested mode");
