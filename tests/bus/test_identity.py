@@ -434,6 +434,17 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned")
         self.assertIn("throttled (429)", self.identityd.log())
 
+    def test_throttling_storm_is_bounded(self):
+        self.dps.fail(429, retry_after=1, routes=["register"])
+        start = time.monotonic()
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.assertEqual(self.wait_state("failed", "provisioned"), "failed")
+        # Upstream's five attempts, each after the service's Retry-After.
+        self.assertEqual(len(self.dps.http_requests("register")), 5)
+        self.assertLess(time.monotonic() - start, 30)
+        self.assertIn("kept answering 429", self.identityd.log())
+        self.assertTrue(self.identityd.alive())
+
     def test_authorization(self):
         uid_a = aziot_harness.ensure_test_users()[USER_A].pw_uid
         self.start_identityd(self.dps_config(self.symmetric()))
