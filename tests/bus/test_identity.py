@@ -47,6 +47,7 @@ import aziot_harness  # noqa: E402
 import aziot_tpm  # noqa: E402
 import mock_dps  # noqa: E402
 import mock_hub  # noqa: E402
+from aziot_proxy import ConnectProxy  # noqa: E402
 
 import dbus  # noqa: E402
 from cryptography import x509  # noqa: E402
@@ -243,7 +244,7 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     def symmetric(self, rid="dev1"):
         return f'method = "symmetric_key"\nregistration_id = "{rid}"\nsymmetric_key = "device-id"\n'
 
-    def start_identityd(self, config, wait=True):
+    def start_identityd(self, config, env=None):
         with open(self.config, "w") as f:
             f.write(config)
         self.identityd = self.stack.start_process(
@@ -251,7 +252,7 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
             env={"AZIOT_IDENTITYD_CONFIG": self.config,
                  "AZIOT_IDENTITYD_CONFIG_DIR": self.config_d,
                  "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR,
-                 "SSL_CERT_FILE": self.ca_bundle},
+                 "SSL_CERT_FILE": self.ca_bundle, **(env or {})},
             wait_bus_name=ID_NAME)
         return self.identityd
 
@@ -433,6 +434,18 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         self.start_identityd(self.dps_config(self.symmetric()))
         self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned")
         self.assertIn("throttled (429)", self.identityd.log())
+
+    def test_through_https_proxy(self):
+        with ConnectProxy() as proxy:
+            self.start_identityd(self.dps_config(self.symmetric()),
+                                 env={"HTTPS_PROXY": proxy.url})
+            self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned")
+            dps_host = f"127.0.0.1:{self.dps.port}"
+            self.assertIn(dps_host, proxy.targets)
+            # IoT Hub too.
+            self.call("CreateModuleIdentity", "ssa{sv}", "aziot", "proxied", {})
+            self.assertTrue(any(t.endswith(f":{self.hub.port}") for t in proxy.targets),
+                            proxy.targets)
 
     def test_throttling_storm_is_bounded(self):
         self.dps.fail(429, retry_after=1, routes=["register"])
