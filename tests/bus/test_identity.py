@@ -485,6 +485,56 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         self.assertIsNone(self.call_as(USER_A, "ReprovisionDevice"))
 
 
+# A host agent: asks identityd for its module identity, signs a module SAS token with keyd (the
+# key handle it was given), and has IoT Hub check it: what an agent on a device does.
+AGENT = r'''
+import base64, json, os, sys, time, urllib.parse
+import dbus
+conn = dbus.bus.BusConnection(os.environ["DBUS_SYSTEM_BUS_ADDRESS"])
+ident = conn.call_blocking("org.aziot.Identity1", "/org/aziot/Identity1", "org.aziot.Identity1",
+                           "GetIdentity", "a{sv}", [{}], timeout=30)
+ident = {str(k): str(v) for k, v in ident.items()}
+resource = f"{ident['hubName']}/devices/{ident['deviceId']}/modules/{ident['moduleId']}".lower()
+expiry = int(time.time()) + 300
+sr = urllib.parse.quote(resource, safe="/:%+&!$'()*,;@")
+sig = conn.call_blocking("org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1", "Sign",
+                         "ssaya{sv}", [ident["keyHandle"], "HMAC-SHA256",
+                                       dbus.ByteArray(f"{sr}\n{expiry}".encode()), {}],
+                         timeout=30, byte_arrays=True)
+token = (f"SharedAccessSignature sr={sr}&sig="
+         f"{urllib.parse.quote(base64.b64encode(bytes(sig)).decode(), safe='')}&se={expiry}")
+print(json.dumps({"identity": ident, "token": token}))
+'''
+
+
+class HostAgentTest(IdentityTestCase):
+    def test_principal_added_at_runtime_gets_a_working_module_identity(self):
+        uid_a = aziot_harness.ensure_test_users()[USER_A].pw_uid
+        aziot_harness.ensure_group("aziotks")
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        device = self.hub.registry.device("dev1")
+        self.assertNotIn("agent", device.modules)
+        # The configuration gains a principal: its module is made in IoT Hub, no restart.
+        with open(os.path.join(self.config_d, "agent.toml"), "w") as f:
+            f.write(f'[[principal]]\nuid = {uid_a}\nname = "agent"\nidtype = ["module"]\n')
+        wait_until(lambda: "agent" in device.modules, 15, "the agent's module in IoT Hub")
+        pid = self.identityd.pid
+        # The agent, as its own uid, gets its module identity and a token IoT Hub accepts.
+        r = self.stack.run_as(USER_A, [PYTHON, "-c", AGENT], groups=[ID_GROUP, "aziotks"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout)
+        self.assertEqual(out["identity"]["moduleId"], "agent")
+        self.assertEqual(out["identity"]["deviceId"], "dev1")
+        self.assertEqual(out["identity"]["genId"], device.modules["agent"].generation_id)
+        verdict = self.hub.verify_token(out["token"], "dev1", "agent")
+        self.assertTrue(verdict, getattr(verdict, "reason", ""))
+        self.assertEqual(self.identityd.pid, pid)
+        # The principal goes: so does its module.
+        os.unlink(os.path.join(self.config_d, "agent.toml"))
+        wait_until(lambda: "agent" not in device.modules, 15, "the module's removal")
+
+
 class IntrospectionTest(IdentityTestCase):
     def test_introspection_matches_the_xml(self):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
