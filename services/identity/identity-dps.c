@@ -488,6 +488,12 @@ static int load_payload(const char *path, JsonNode **ret, char *message, size_t 
 
 int identity_dps_register(Manager *m, IdentityDpsDone done, void *userdata)
 {
+        return identity_dps_register_with(m, NULL, done, userdata);
+}
+
+int identity_dps_register_with(Manager *m, IdentityCredentials *credentials,
+                               IdentityDpsDone done, void *userdata)
+{
         const IdentityProvisioning *p = &m->config.provisioning;
         IdentityDps *d;
         char message[MESSAGE_MAX];
@@ -503,7 +509,11 @@ int identity_dps_register(Manager *m, IdentityDpsDone done, void *userdata)
         r = d->base ? identity_registration_id(m, &d->registration_id) : -EINVAL;
         if (r >= 0 && p->payload_path)
                 r = load_payload(p->payload_path, &d->payload, message, sizeof(message));
-        if (r >= 0 && p->auth == IDENTITY_AUTH_TPM) {
+        if (r >= 0 && credentials) {
+                d->credentials = *credentials;
+                *credentials = (IdentityCredentials){};
+                d->step = DPS_REGISTER;
+        } else if (r >= 0 && p->auth == IDENTITY_AUTH_TPM) {
                 d->credentials.signer =
                         (IdentitySigner){ .kind = IDENTITY_SIGNER_TPMD, .bus = m->bus };
                 d->step = DPS_TPM_CHALLENGE;

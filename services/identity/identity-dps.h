@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 
+#include "identity-cloud.h"
 #include "identity-device.h"
 
 typedef struct Manager Manager;
@@ -23,6 +24,11 @@ typedef void (*IdentityDpsDone)(Manager *m, int error, const char *message, bool
 
 /* Starts a registration (one at a time: -EBUSY while one runs). */
 int identity_dps_register(Manager *m, IdentityDpsDone done, void *userdata);
+
+/* The same with the given credentials (taken over; the caller's become empty): the renewal of
+ * the identity certificate registers with the new one before it is put in place (spec §4.10). */
+int identity_dps_register_with(Manager *m, IdentityCredentials *credentials,
+                               IdentityDpsDone done, void *userdata);
 
 /* Stops the registration in progress, if any, without calling its callback. */
 void identity_dps_cancel(Manager *m);

@@ -13,6 +13,7 @@
 #include "aziot-key.h"
 #include "identity-dps.h"
 #include "identity-modules.h"
+#include "identity-renew.h"
 #include "identityd.h"
 #include "log.h"
 #include "macro.h"
@@ -317,8 +318,7 @@ void identity_provisionings_free(Manager *m)
         }
 }
 
-/* Takes d as the device and keeps it as the backup; a new device forgets the old modules. */
-static int adopt(Manager *m, const IdentityDevice *d, char *message, size_t size)
+int identity_adopt_device(Manager *m, const IdentityDevice *d, char *message, size_t size)
 {
         IdentityDevice copy = {};
         int r;
@@ -421,7 +421,7 @@ static void on_dps(Manager *m, int error, const char *message, bool network,
                 provisioned(m, p, error, message);
                 return;
         }
-        r = adopt(m, device, text, sizeof(text));
+        r = identity_adopt_device(m, device, text, sizeof(text));
         if (r < 0) {
                 provisioned(m, p, r, text);
                 return;
@@ -450,7 +450,7 @@ int identity_provision_start(Manager *m, bool use_backup,
                 provisioned(m, p, 0, NULL);
                 return 0;
         case IDENTITY_SOURCE_MANUAL:
-                r = adopt(m,
+                r = identity_adopt_device(m,
                           &(IdentityDevice){ c->iothub_hostname, c->local_gateway_hostname,
                                              c->device_id },
                           text, sizeof(text));
@@ -498,6 +498,7 @@ static void on_reprovisioned_cb(Manager *m, int error, const char *message, void
                                                  "%s", message ? message : "internal error");
                 return;
         }
+        identity_renew_track(m);
         (void)sd_bus_reply_method_return(msg, "");
 }
 

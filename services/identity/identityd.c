@@ -6,6 +6,7 @@
 #include "bus-util.h"
 #include "identity-dps.h"
 #include "identity-modules.h"
+#include "identity-renew.h"
 #include "identityd.h"
 #include "log.h"
 #include "macro.h"
@@ -20,6 +21,7 @@ static void manager_free(Manager *m)
         identity_dps_cancel(m);
         identity_modules_free(m->modules);
         identity_provisionings_free(m);
+        renewal_engine_free(m->renewal);
         http_client_free(m->http);
         config_watch_free(m->config_watch);
         polkit_registry_free(m->polkit_registry);
@@ -80,6 +82,7 @@ static void manager_reload_config(void *userdata)
         m->config = c;
         c = (IdentityConfig){};
         log_info("Configuration reloaded: %zu principal(s).", m->config.n_principals);
+        identity_renew_track(m);
         if (m->state == IDENTITY_STATE_PROVISIONED &&
             identity_modules_reconcile(m, on_reload_reconciled, NULL) < 0)
                 log_warning("Cannot reconcile module identities after the reload.");
@@ -121,6 +124,9 @@ static int manager_new(Manager **ret)
         r = identity_modules_new(m, &m->modules);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up module identities: %m");
+        r = identity_renew_init(m);
+        if (r < 0)
+                return log_oom();
         r = config_paths("identityd", &main_path, &dir);
         if (r < 0)
                 return log_oom();
@@ -138,6 +144,7 @@ static void on_started(Manager *m, int error, const char *message, void *userdat
          * backup and identityd keeps serving. */
         if (error < 0)
                 log_error("Failed to provision the device: %s", message ? message : "?");
+        identity_renew_track(m);
 }
 
 static int run(uint64_t idle_usec)
@@ -148,6 +155,7 @@ static int run(uint64_t idle_usec)
         r = manager_new(&m);
         if (r < 0)
                 return r;
+        identity_renew_recover(m);
         r = identity_provision_start(m, /* use_backup= */ true, on_started, NULL);
         if (r < 0)
                 return log_oom();

@@ -5,6 +5,7 @@
 #include <systemd/sd-event.h>
 
 #include "bus-caller.h"
+#include "cert-renewal.h"
 #include "http-client.h"
 #include "identity-cloud.h"
 #include "config-watch.h"
@@ -46,6 +47,7 @@ typedef struct Manager {
         struct IdentityDps *dps; /* a DPS registration in progress */
         struct Provisioning *provisionings; /* in progress, freed at exit */
         struct IdentityModules *modules;
+        RenewalEngine *renewal; /* the DPS X.509 identity certificate (identity-renew.h) */
         HttpClient *http;
 
         uid_t gateway_uid;
@@ -64,6 +66,9 @@ int identity_provision_start(Manager *m, bool use_backup,
                              void (*done)(Manager *m, int error, const char *message,
                                           void *userdata),
                              void *userdata);
+
+/* Takes d as the device (copied) and keeps it as the backup. */
+int identity_adopt_device(Manager *m, const IdentityDevice *d, char *message, size_t size);
 
 /* Frees the provisionings still in progress (at exit: their callbacks are not called). */
 void identity_provisionings_free(Manager *m);

@@ -174,7 +174,8 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
                     '[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
                     '[cert_issuance.local-ca]\nmethod = "self_signed"\n'
                     'common_name = "Device CA"\n\n'
-                    '[cert_issuance.device-id]\nmethod = "local_ca"\n')
+                    '[cert_issuance.device-id]\nmethod = "local_ca"\n\n'
+                    '[cert_issuance.device-id-temp]\nmethod = "local_ca"\n')
         cls.stack.start_process(
             "certd", [CERTD, "--idle-timeout=0"],
             env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
@@ -547,7 +548,22 @@ class IntrospectionTest(IdentityTestCase):
         self.assertEqual(describe_interface(str(text), ID_IFACE), documented)
 
 
-class DpsX509Test(IdentityTestCase):
+class X509TestCase(IdentityTestCase):
+    def _make_local_ca(self):
+        """The local CA's certificate, self-signed by certd with the key keyd holds."""
+        env = self.stack.child_env({"OPENSSL_MODULES": PROVIDER_DIR})
+        env.pop("OPENSSL_CONF", None)
+        r = subprocess.run(["openssl", "req", "-new", "-provider-path", PROVIDER_DIR, "-provider",
+                            "aziot", "-provider", "default", "-key", "aziot-key:pair/local-ca",
+                            "-subj", "/CN=Device CA"], env=env, capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return str(self.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
+                                           "CreateCertificate", "ssa{sv}",
+                                           ["local-ca", r.stdout, {}], timeout=CALL_TIMEOUT))
+
+
+class DpsX509Test(X509TestCase):
     def test_identity_certificate_made_then_registered(self):
         ca_pem = self._make_local_ca()
         self.dps.add_x509_group("x509-group", ca=[x509.load_pem_x509_certificate(ca_pem.encode())])
@@ -565,18 +581,57 @@ class DpsX509Test(IdentityTestCase):
         self.assertEqual(register.client_cert.subject.rfc4514_string(), "CN=dev-x509")
         self.assertEqual(self.call("GetProvisioningInfo")["auth"], "x509")
 
-    def _make_local_ca(self):
-        """The local CA's certificate, self-signed by certd with the key keyd holds."""
+class DpsX509RenewalTest(X509TestCase):
+    def identity_cert(self):
+        pem = str(self.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
+                                          "GetCertificate", "sa{sv}", ["device-id", {}],
+                                          timeout=CALL_TIMEOUT))
+        return x509.load_pem_x509_certificate(pem.encode())
+
+    def key_spki(self, key_id):
         env = self.stack.child_env({"OPENSSL_MODULES": PROVIDER_DIR})
         env.pop("OPENSSL_CONF", None)
-        r = subprocess.run(["openssl", "req", "-new", "-provider-path", PROVIDER_DIR, "-provider",
-                            "aziot", "-provider", "default", "-key", "aziot-key:pair/local-ca",
-                            "-subj", "/CN=Device CA"], env=env, capture_output=True, text=True,
+        r = subprocess.run(["openssl", "pkey", "-provider-path", PROVIDER_DIR, "-provider",
+                            "aziot", "-provider", "default", "-in", f"aziot-key:pair/{key_id}",
+                            "-pubout", "-outform", "DER"], env=env, capture_output=True,
                            timeout=CALL_TIMEOUT)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return str(self.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
-                                           "CreateCertificate", "ssa{sv}",
-                                           ["local-ca", r.stdout, {}], timeout=CALL_TIMEOUT))
+        return r.stdout if r.returncode == 0 else None
+
+    def test_identity_certificate_renewed_and_registered(self):
+        from cryptography.hazmat.primitives import serialization
+        ca_pem = self._make_local_ca()
+        self.dps.add_x509_group("x509-group", ca=[x509.load_pem_x509_certificate(ca_pem.encode())])
+        # 30-day certificates, a 31-day threshold: due as soon as it exists.
+        self.start_identityd(self.dps_config(
+            'method = "x509"\nregistration_id = "dev-x509"\nidentity_cert = "device-id"\n'
+            'identity_pk = "device-id"\n'
+            '[provisioning.attestation.identity_auto_renew]\nthreshold = "31day"\n'
+            'retry = "10min"\n'))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned",
+                         self.identityd.log()[-3000:])
+        wait_until(lambda: "Renewed the identity certificate" in self.identityd.log(), 30,
+                   "the renewal")
+        register = self.dps.http_requests("register")
+        self.assertEqual(len(register), 2)
+        first, second = register[0].client_cert, register[1].client_cert
+        self.assertNotEqual(first.serial_number, second.serial_number)
+        self.assertEqual(first.subject, second.subject)
+        now = self.identity_cert()
+        self.assertEqual(now.serial_number, second.serial_number)
+        # Key rotated: the new certificate is for the key keyd now holds as device-id, not the
+        # first one's; the temporary key and certificate are gone.
+        spki = now.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.assertEqual(self.key_spki("device-id"), spki)
+        self.assertNotEqual(first.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo), spki)
+        self.assertIsNone(self.key_spki("device-id-temp"))
+        with self.assertRaises(dbus.DBusException):
+            self.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
+                                    "GetCertificate", "sa{sv}", ["device-id-temp", {}],
+                                    timeout=CALL_TIMEOUT)
+        self.assertFalse(os.path.exists(os.path.join(self.home, "renewed_identity.pem")))
+        self.assertEqual(self.call("GetDeviceIdentity")["certId"], "device-id")
 
 
 class DpsTpmTest(IdentityTestCase):
