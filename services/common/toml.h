@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 typedef enum TomlType {
@@ -127,3 +128,6 @@ size_t toml_array_size(const TomlValue *array);
  * Returns buf. buf must hold at least TOML_DATETIME_MAX bytes. */
 #define TOML_DATETIME_MAX 64
 char *toml_datetime_format(const TomlValue *v, char *buf);
+
+/* Writes s as a TOML basic string (quoted; quote, backslash and control characters escaped). */
+void toml_write_string(FILE *f, const char *s);

@@ -398,27 +398,10 @@ int identity_backup_list(const char *homedir, const char *hub, const char *devic
 
 /* ---- prev_state ---- */
 
-/* A TOML basic string. */
-static void toml_put_string(FILE *f, const char *s)
-{
-        fputc('"', f);
-        for (; *s; s++) {
-                unsigned char c = (unsigned char)*s;
-
-                if (c == '"' || c == '\\')
-                        fprintf(f, "\\%c", c);
-                else if (c < 0x20 || c == 0x7f)
-                        fprintf(f, "\\u%04x", c);
-                else
-                        fputc(c, f);
-        }
-        fputc('"', f);
-}
-
 static void toml_put_entry(FILE *f, const char *key, const char *value)
 {
         fprintf(f, "%s = ", key);
-        toml_put_string(f, value);
+        toml_write_string(f, value);
         fputc('\n', f);
 }
 

@@ -97,24 +97,6 @@ int identity_device_load(const char *homedir, IdentityDevice *ret)
         return 0;
 }
 
-/* A TOML basic string: quotes, backslashes and control characters escaped. */
-static int toml_quote(FILE *f, const char *s)
-{
-        fputc('"', f);
-        for (; *s; s++) {
-                unsigned char c = (unsigned char)*s;
-
-                if (c == '"' || c == '\\')
-                        fprintf(f, "\\%c", c);
-                else if (c < 0x20 || c == 0x7f)
-                        fprintf(f, "\\u%04x", c);
-                else
-                        fputc(c, f);
-        }
-        fputc('"', f);
-        return 0;
-}
-
 int identity_device_save(const char *homedir, const IdentityDevice *d)
 {
         _cleanup_free_ char *path = NULL, *text = NULL;
@@ -129,13 +111,13 @@ int identity_device_save(const char *homedir, const IdentityDevice *d)
         if (!f)
                 return -ENOMEM;
         fputs("hub_name = ", f);
-        toml_quote(f, d->hub_name);
+        toml_write_string(f, d->hub_name);
         if (d->local_gateway_hostname) {
                 fputs("\nlocal_gateway_hostname = ", f);
-                toml_quote(f, d->local_gateway_hostname);
+                toml_write_string(f, d->local_gateway_hostname);
         }
         fputs("\ndevice_id = ", f);
-        toml_quote(f, d->device_id);
+        toml_write_string(f, d->device_id);
         fputc('\n', f);
         if (fclose(f) != 0)
                 return -ENOMEM;

@@ -67,11 +67,7 @@ IN_SIGNATURES = {
 }
 
 
-class CallError(Exception):
-    def __init__(self, name, message):
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
+CallError = aziot_harness.CallError
 
 
 def sha256_hex(s):
@@ -93,12 +89,7 @@ def plain(value):
     return value
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+wait_until = aziot_harness.wait_until
 
 
 class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):

@@ -233,11 +233,7 @@ KEYS_NAME, KEYS_PATH, KEYS_IFACE = keys_client.KEYS_NAME, keys_client.KEYS_PATH,
 
 
 
-class CallError(Exception):
-    def __init__(self, name, message):
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
+CallError = aziot_harness.CallError
 
 
 def unwrap(outcome):
@@ -312,12 +308,7 @@ def import_sign_and_encrypt(client, key_id, key):
         BACKEND, lambda *args: client.call("ImportKey", *args, OPTS), key_id, key)
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
+wait_until = aziot_harness.wait_until
 
 
 def outcome_of(fn):

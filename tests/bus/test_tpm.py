@@ -73,19 +73,10 @@ except dbus.DBusException as e:
 '''
 
 
-class CallError(Exception):
-    def __init__(self, name, message):
-        super().__init__(f"{name}: {message}")
-        self.name = name
-        self.message = message
+CallError = aziot_harness.CallError
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+wait_until = aziot_harness.wait_until
 
 
 class TpmdTestCase(aziot_harness.StackTestMixin, unittest.TestCase):

@@ -798,6 +798,24 @@ class Stack:
         return "\n".join(lines)
 
 
+class CallError(Exception):
+    """A D-Bus error reply, as the suites compare it: its name and its message."""
+
+    def __init__(self, name, message):
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def wait_until(predicate, timeout, what, interval=0.02):
+    """Polls predicate until it is true; AssertionError (a test failure) after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
 class StackTestMixin:
     """For unittest.TestCase classes that run on one Stack (cls.stack): a failed test marks the
     class (cls.failed = True) so that tearDownClass keeps its logs, and add_rules() installs

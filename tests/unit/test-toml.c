@@ -527,6 +527,35 @@ static void test_many_keys_linear(void **state)
         assert_non_null(strstr(error.message, "duplicate key \"key123456\""));
 }
 
+/* What toml_write_string() writes parses back to the same bytes. */
+static void test_write_string_round_trip(void **state)
+{
+        static const char *const samples[] = {
+                "plain", "", "quote \" and back\\slash", "tab\tnew\nline\r", "\x01\x1f\x7f",
+                "caf\xc3\xa9 \xe2\x82\xac", "[section] = \"x\"",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(samples); i++) {
+                _cleanup_toml_ TomlValue *root = NULL;
+                char *text = NULL;
+                size_t len = 0;
+                FILE *f = open_memstream(&text, &len);
+                TomlError err = {};
+                const TomlValue *v;
+
+                fputs("k = ", f);
+                toml_write_string(f, samples[i]);
+                fputc('\n', f);
+                fclose(f);
+                assert_int_equal(toml_parse(text, len, &root, &err), 0);
+                v = toml_table_get(root, "k");
+                assert_non_null(v);
+                assert_int_equal(v->string.len, strlen(samples[i]));
+                assert_memory_equal(v->string.data, samples[i], v->string.len);
+                free(text);
+        }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -547,6 +576,7 @@ int main(void)
                 cmocka_unit_test(test_depth_limit),
                 cmocka_unit_test(test_deep_document_rejected_without_stack_overflow),
                 cmocka_unit_test(test_many_keys_linear),
+                cmocka_unit_test(test_write_string_round_trip),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
