@@ -9,6 +9,7 @@
 
 #include "bus-authorize.h"
 #include "identity-modules.h"
+#include "identity-object.h"
 #include "identityd.h"
 #include "log.h"
 #include "macro.h"
@@ -506,5 +507,5 @@ int identity_dbus_register(Manager *m)
                                      IDENTITY_INTERFACE, identity_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Failed to register %s: %m", IDENTITY_OBJECT_PATH);
-        return 0;
+        return identity_object_register(m);
 }

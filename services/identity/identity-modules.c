@@ -15,6 +15,7 @@
 #include "base64.h"
 #include "identity-backup.h"
 #include "identity-modules.h"
+#include "identity-object.h"
 #include "identityd.h"
 #include "log.h"
 #include "macro.h"
@@ -434,11 +435,15 @@ static void save_backup(Manager *m, const IdentityDevice *device, const HubModul
         };
         int r;
 
+        bool existed = identity_object_exists(m, module->module_id);
+
         /* Losing a backup costs the offline fallback only: IoT Hub answered. */
         r = identity_backup_save(m->config.homedir, device->hub_name, device->device_id, &b);
         if (r < 0)
                 log_warning_errno(r, "Failed to save the backup of module identity %s: %m",
                                   module->module_id);
+        else if (identity_device_equal(device, &m->device))
+                identity_object_emit_saved(m, module->module_id, existed);
 }
 
 static void remove_backup(Manager *m, const IdentityDevice *device, const char *module_id)
@@ -450,6 +455,8 @@ static void remove_backup(Manager *m, const IdentityDevice *device, const char *
         if (r < 0)
                 log_warning_errno(r, "Failed to remove the backup of module identity %s: %m",
                                   module_id);
+        else if (r > 0 && identity_device_equal(device, &m->device))
+                identity_object_emit_removed(m, module_id);
 }
 
 /* Answers msg from the backups of device. -ENOENT when there is no backup directory, or (only

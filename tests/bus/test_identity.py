@@ -527,16 +527,56 @@ class HostAgentTest(IdentityTestCase):
         wait_until(lambda: "agent" not in device.modules, 15, "the module's removal")
 
 
+class ModuleObjectTest(IdentityTestCase):
+    def tree(self):
+        r = subprocess.run(["busctl", "--system", "--list", "tree", ID_NAME],
+                           env=self.stack.child_env(), capture_output=True, text=True,
+                           timeout=CALL_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return set(r.stdout.split())
+
+    def test_modules_are_objects(self):
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        self.call("CreateModuleIdentity", "ssa{sv}", "aziot", "tree-mod", {})
+        path = f"{ID_PATH}/module/tree_2dmod"
+        self.assertIn(path, self.tree())
+        props = self.conn.call_blocking(ID_NAME, path, "org.freedesktop.DBus.Properties",
+                                        "GetAll", "s", [ID_IFACE + ".Module"],
+                                        timeout=CALL_TIMEOUT)
+        hub_module = self.hub.registry.device("dev1").modules["tree-mod"]
+        self.assertEqual({str(k): str(v) for k, v in props.items()},
+                         {"ModuleId": "tree-mod", "DeviceId": "dev1",
+                          "GenerationId": hub_module.generation_id, "ManagedBy": ""})
+        manager = dbus.Interface(self.conn.get_object(ID_NAME, ID_PATH),
+                                 "org.freedesktop.DBus.ObjectManager")
+        self.assertIn(path, set(map(str, manager.GetManagedObjects(timeout=CALL_TIMEOUT))))
+        # Readable by a member of the group, without keys.
+        r = self.stack.run_as(USER_A, ["busctl", "--system", "get-property", ID_NAME, path,
+                                       ID_IFACE + ".Module", "ModuleId"], groups=[ID_GROUP])
+        self.assertEqual(r.stdout.strip(), 's "tree-mod"', r.stderr)
+        self.call("DeleteModuleIdentity", "sa{sv}", "tree-mod", {})
+        self.assertNotIn(path, self.tree())
+
+
 class IntrospectionTest(IdentityTestCase):
     def test_introspection_matches_the_xml(self):
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from test_certs import describe_interface
         self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
         with open(os.path.join(SOURCE_DIR, "dbus", "org.aziot.Identity1.xml")) as f:
             documented = describe_interface(f.read(), ID_IFACE)
         text = self.conn.call_blocking(ID_NAME, ID_PATH, "org.freedesktop.DBus.Introspectable",
                                        "Introspect", "", [], timeout=CALL_TIMEOUT)
         self.assertEqual(describe_interface(str(text), ID_IFACE), documented)
+        self.call("CreateModuleIdentity", "ssa{sv}", "aziot", "intro", {})
+        with open(os.path.join(SOURCE_DIR, "dbus", "org.aziot.Identity1.xml")) as f:
+            documented = describe_interface(f.read(), ID_IFACE + ".Module")
+        text = self.conn.call_blocking(ID_NAME, f"{ID_PATH}/module/intro",
+                                       "org.freedesktop.DBus.Introspectable", "Introspect", "",
+                                       [], timeout=CALL_TIMEOUT)
+        self.assertEqual(describe_interface(str(text), ID_IFACE + ".Module"), documented)
 
 
 class X509TestCase(IdentityTestCase):
