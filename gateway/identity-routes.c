@@ -216,6 +216,8 @@ static int handle_get_device(RouteCall *call)
 
 static int handle_reprovision(RouteCall *call)
 {
+        if (!route_body_check_any(call))
+                return 0;
         return call_plain(call, "ReprovisionDevice", on_no_content);
 }
 
@@ -392,10 +394,9 @@ static int handle_get_module(RouteCall *call)
 
 static int handle_update_module(RouteCall *call)
 {
-        if (!call->body) {
-                route_reply_error(call, 400, "missing request body");
+        /* A body is required (PUT), decoded as any JSON, then ignored. */
+        if (!route_body_check_any(call))
                 return 0;
-        }
         if (!query_type(call, false))
                 return 0;
         return call_module(call, "UpdateModuleIdentity", NULL, on_identity);
@@ -403,6 +404,8 @@ static int handle_update_module(RouteCall *call)
 
 static int handle_delete_module(RouteCall *call)
 {
+        if (!route_body_check_any(call))
+                return 0;
         if (!query_type(call, false))
                 return 0;
         return call_module(call, "DeleteModuleIdentity", NULL, on_no_content);

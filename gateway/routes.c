@@ -268,6 +268,17 @@ void route_fail(RouteCall *call, int error)
         route_reply_error(call, 500, "internal error");
 }
 
+int route_body_check_any(RouteCall *call)
+{
+        JsonError error;
+
+        if (call->body && json_validate(call->body, call->body_len, &error) < 0) {
+                route_reply_json_error(call, &error);
+                return 0;
+        }
+        return 1;
+}
+
 void route_body_done(RouteBody *b)
 {
         if (b->fields)

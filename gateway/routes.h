@@ -114,6 +114,10 @@ void route_body_done(RouteBody *b);
 int route_body_decode(RouteCall *call, RouteBody *b);
 
 #define ROUTE_BODY(f) { .fields = (f), .n = ELEMENTSOF(f) }
+
+/* For routes that ignore their body (upstream decodes it as any JSON value all the same): 1 when
+ * there is none or it is JSON, 0 once answered 422. */
+int route_body_check_any(RouteCall *call);
 #define _cleanup_route_body_ _cleanup_(route_body_done)
 
 /* A call of member on the service's object, on its private connection when there is one. */

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "file-uri.h"
 #include "identity-config.h"
@@ -141,6 +142,38 @@ static int parse_payload(const TomlValue *prov, IdentityProvisioning *p, ConfigE
         return 0;
 }
 
+/* As a URL parser writes it back (upstream shows the endpoint so): scheme and host lower-cased,
+ * the scheme's default port dropped, an empty path written "/". */
+static int normalize_url(char **url)
+{
+        char *u = *url, *authority = strstr(u, "://"), *end, *port, *out;
+        size_t scheme_len, host_len;
+        bool https;
+
+        if (!authority)
+                return -EINVAL;
+        scheme_len = (size_t)(authority - u);
+        authority += 3;
+        end = authority + strcspn(authority, "/?#");
+        for (char *c = u; c < end; c++)
+                if (*c >= 'A' && *c <= 'Z' && (c < authority || !strchr(authority, '@') ||
+                                                c > strchr(authority, '@')))
+                        *c = (char)(*c - 'A' + 'a');
+        https = scheme_len == 5 && strncmp(u, "https", 5) == 0;
+        port = memrchr(authority, ':', (size_t)(end - authority));
+        host_len = (size_t)(end - authority);
+        if (port && !memchr(port, ']', (size_t)(end - port)) &&
+            ((https && end - port == 4 && strncmp(port, ":443", 4) == 0) ||
+             (!https && end - port == 3 && strncmp(port, ":80", 3) == 0)))
+                host_len = (size_t)(port - authority);
+        if (asprintf(&out, "%.*s://%.*s%s%s", (int)scheme_len, u, (int)host_len, authority,
+                     *end == '/' ? "" : "/", end) < 0)
+                return -ENOMEM;
+        free(*url);
+        *url = out;
+        return 0;
+}
+
 static int parse_dps(const TomlValue *prov, IdentityProvisioning *p, ConfigError *ret_error)
 {
         const TomlValue *att = NULL, *reg, *renew;
@@ -153,10 +186,12 @@ static int parse_dps(const TomlValue *prov, IdentityProvisioning *p, ConfigError
                                        "(local_gateway_hostname)");
         r = copy_string(prov, "global_endpoint", true, "provisioning", &p->global_endpoint,
                         ret_error);
-        if (r >= 0 && !startswith(p->global_endpoint, "https://") &&
-            !startswith(p->global_endpoint, "http://"))
+        if (r >= 0 && strncasecmp(p->global_endpoint, "https://", 8) != 0 &&
+            strncasecmp(p->global_endpoint, "http://", 7) != 0)
                 return config_error_at(ret_error, toml_table_get(prov, "global_endpoint"),
                                        "provisioning.global_endpoint must be an https:// URL");
+        if (r >= 0)
+                r = normalize_url(&p->global_endpoint);
         if (r >= 0)
                 r = copy_string(prov, "scope_id", true, "provisioning", &p->scope_id, ret_error);
         if (r >= 0)

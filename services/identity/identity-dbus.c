@@ -260,9 +260,9 @@ static int read_payload(const char *path, char **ret)
         g_autoptr(JsonParser) parser = json_parser_new();
         g_autoptr(GError) gerror = NULL;
 
-        if (!json_parser_load_from_file(parser, path, &gerror)) {
+        if (!json_parser_load_from_file(parser, path, &gerror) || !json_parser_get_root(parser)) {
                 log_warning("The provisioning payload %s cannot be used: %s", path,
-                            gerror ? gerror->message : "?");
+                            gerror ? gerror->message : "it is empty");
                 return -EINVAL;
         }
         *ret = json_to_string(json_parser_get_root(parser), FALSE);

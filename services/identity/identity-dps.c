@@ -477,9 +477,9 @@ static int load_payload(const char *path, JsonNode **ret, char *message, size_t 
         g_autoptr(JsonParser) parser = json_parser_new();
         g_autoptr(GError) gerror = NULL;
 
-        if (!json_parser_load_from_file(parser, path, &gerror)) {
+        if (!json_parser_load_from_file(parser, path, &gerror) || !json_parser_get_root(parser)) {
                 (void)snprintf(message, size, "the payload %s: %s", path,
-                               gerror ? gerror->message : "cannot be read");
+                               gerror ? gerror->message : "it is empty");
                 return -EINVAL;
         }
         *ret = json_node_copy(json_parser_get_root(parser));

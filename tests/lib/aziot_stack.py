@@ -15,7 +15,8 @@ With token= (an aziot_tokens token: softhsm2, tpm2-pkcs11), keyd's configuration
 (pkcs11_lib_path) and the token as pkcs11_base_slot, so new keys are created on the token.
 
 CertsServices and TpmServices do the same for certd (certd.sock) and tpmd (tpmd.sock, with the
-TPM named by a TCTI string: aziot_tpm.Swtpm(...).tcti for a simulator).
+TPM named by a TCTI string: aziot_tpm.Swtpm(...).tcti for a simulator); IdentityServices for
+identityd (identityd.sock), whose configuration the caller writes, next to keyd and certd.
 """
 
 import json
@@ -298,3 +299,83 @@ class TpmServices(_Service):
         self.write_service_file()
         if gateway:
             self.start_gateway("gateway-tpmd")
+
+
+IDENTITY_BUS_NAME = "org.aziot.Identity1"
+
+
+class IdentityServices(_Service):
+    """identityd (D-Bus activatable, with the OpenSSL provider of the build for keys held by keyd)
+    and the gateway on identityd.sock, next to KeysServices and CertsServices started without
+    their gateways. identityd's home is run_dir/identityd, its configuration
+    run_dir/config/identityd: config.toml is max_requests (read by the gateway), homedir, then
+    the given config text (hostname, [provisioning], [localid], [[principal]] …, everything but
+    homedir); config.d/principals.toml is for write_principals(). ssl_cert_file: the CA bundle
+    identityd trusts for DPS and IoT Hub (SSL_CERT_FILE), e.g. the mock clouds' CAs. Its socket
+    is run_dir/sockets/identityd.sock.
+
+    identityd provisions the device when it starts, that is when it is first called: state()
+    reads its ProvisioningState (starting it), wait_state() waits for one of the given states."""
+
+    name = "identityd"
+    bus_name = IDENTITY_BUS_NAME
+    binary_path = ("services", "identity", "aziot-identityd")
+
+    def __init__(self, stack, config, identityd_args=(), identityd_env=None, gateway_env=None,
+                 ssl_cert_file=None):
+        super().__init__(stack, identityd_args, identityd_env, gateway_env)
+        self.identityd_home, self.identityd_socket = self.home, self.socket
+        self.config = config
+        self.ssl_cert_file = ssl_cert_file
+
+    @property
+    def identityd_binary(self):
+        return self.binary
+
+    @property
+    def provider_dir(self):
+        return os.path.join(self.build_dir, "provider")
+
+    def write_config(self, config=None, max_requests=None):
+        """Writes config.toml (atomically: identityd reloads it when it changes) from config, or
+        the text given at construction."""
+        if config is not None:
+            self.config = config
+        self.make_dirs()
+        lines = []
+        if max_requests is not None:
+            lines.append(f"max_requests = {int(max_requests)}")
+        lines += [f"homedir = {_toml_string(self.identityd_home)}", "", self.config, ""]
+        tmp = os.path.join(self.config_dir, ".config.tmp")
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines))
+        os.rename(tmp, self.config_file)
+
+    def write_principals(self, text):
+        """Replaces config.d/principals.toml (atomically) with text ([[principal]] tables)."""
+        self.make_dirs()
+        tmp = os.path.join(self.config_dir, ".principals.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.config_d, "principals.toml"))
+
+    def start(self, max_requests=None, gateway=True):
+        self.write_config(max_requests=max_requests)
+        env = {"OPENSSL_MODULES": self.provider_dir}
+        if self.ssl_cert_file is not None:
+            env["SSL_CERT_FILE"] = self.ssl_cert_file
+        self.write_service_file(env)
+        if gateway:
+            self.start_gateway("gateway-identityd")
+
+    def state(self):
+        """identityd's ProvisioningState ("provisioning", "provisioned", "offline", …)."""
+        return str(self.stack.bus().call_blocking(
+            IDENTITY_BUS_NAME, "/org/aziot/Identity1", "org.freedesktop.DBus.Properties", "Get",
+            "ss", ("org.aziot.Identity1", "ProvisioningState"), timeout=30))
+
+    def wait_state(self, *states, timeout=60):
+        """Waits until ProvisioningState is one of states; returns it."""
+        aziot_harness._wait_until(lambda: self.state() in states, timeout,
+                                  f"identityd's ProvisioningState in {states}")
+        return self.state()

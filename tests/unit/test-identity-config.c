@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -94,6 +96,8 @@ static void test_dps_variants(void **state)
                                &a, &err),
                          0);
         assert_int_equal(a.provisioning.source, IDENTITY_SOURCE_DPS);
+        assert_string_equal(a.provisioning.global_endpoint,
+                            "https://global.azure-devices-provisioning.net/");
         assert_int_equal(a.provisioning.auth, IDENTITY_AUTH_SYMMETRIC_KEY);
         assert_string_equal(a.provisioning.scope_id, "0ab1234C5D6");
         assert_string_equal(a.provisioning.payload_path, "/etc/aziot/payload.json");
@@ -124,6 +128,35 @@ static void test_dps_variants(void **state)
                                &t, &err),
                          0);
         assert_int_equal(t.provisioning.auth, IDENTITY_AUTH_TPM);
+}
+
+static void test_endpoint_normalized(void **state)
+{
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                { "https://g.example", "https://g.example/" },
+                { "HTTPS://G.Example:443", "https://g.example/" },
+                { "https://127.0.0.1:8443", "https://127.0.0.1:8443/" },
+                { "https://g.example/path?x=Y", "https://g.example/path?x=Y" },
+                { "http://g.example:80/", "http://g.example/" },
+                { "https://[::1]:443", "https://[::1]/" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_(identity_config_done) IdentityConfig c = {};
+                _cleanup_free_ char *text = NULL;
+                ConfigError err;
+
+                assert_true(asprintf(&text,
+                                     HEAD "[provisioning]\nsource = \"dps\"\n"
+                                          "global_endpoint = \"%s\"\nscope_id = \"s\"\n"
+                                          "[provisioning.attestation]\nmethod = \"tpm\"\n"
+                                          "registration_id = \"r\"\n",
+                                     cases[i].in) > 0);
+                assert_int_equal(parse(text, &c, &err), 0);
+                assert_string_equal(c.provisioning.global_endpoint, cases[i].out);
+        }
 }
 
 static void test_refused(void **state)
@@ -264,6 +297,7 @@ int main(void)
                 cmocka_unit_test(test_manual_sas),
                 cmocka_unit_test(test_manual_x509_subject),
                 cmocka_unit_test(test_dps_variants),
+                cmocka_unit_test(test_endpoint_normalized),
                 cmocka_unit_test(test_refused),
                 cmocka_unit_test(test_classification_and_table),
         };
