@@ -87,6 +87,61 @@ def keyd_pid(stack):
                                               dbus_interface="org.freedesktop.DBus"))
 
 
+def daemon_figures(stack, bus_name, path, iface, method, signature, call_args, calls):
+    """Cold D-Bus activation of a daemon to its first reply, its memory idle, the rate of calls
+    from one Python client (one in flight), and its memory after them."""
+    import dbus
+    conn = dbus.bus.BusConnection(stack.bus_address)
+    t0 = time.monotonic()
+    conn.call_blocking(bus_name, path, iface, method, signature, call_args, timeout=30)
+    out = {"cold_activation_ms": round((time.monotonic() - t0) * 1000, 1)}
+    obj = conn.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus")
+    pid = int(obj.GetConnectionUnixProcessID(bus_name, dbus_interface="org.freedesktop.DBus"))
+    out["idle"] = memory_kib(pid)
+    t0 = time.monotonic()
+    for _ in range(calls):
+        conn.call_blocking(bus_name, path, iface, method, signature, call_args, timeout=30)
+    out["calls"] = calls
+    out["calls_per_second"] = round(calls / (time.monotonic() - t0))
+    out["after"] = memory_kib(pid)
+    out["threads"] = threads(pid)
+    conn.close()
+    return out
+
+
+def measure_other_daemons(stack, build, run_dir, seconds):
+    """certd and tpmd (on swtpm) as D-Bus activatable services, next to the keyd of the stack."""
+    import dbus
+    import aziot_tpm
+    results = {}
+    certs = aziot_stack.CertsServices(stack, certd_args=["--idle-timeout=0"])
+    certs.start(gateway=False)
+    conn = dbus.bus.BusConnection(stack.bus_address)
+    results["certd"] = daemon_figures(stack, "org.aziot.Certificates1", "/org/aziot/Certificates1",
+                                      "org.aziot.Certificates1", "ListCertificates", "a{sv}",
+                                      [{}], 10000)
+    with aziot_tpm.Swtpm(os.path.join(run_dir, "swtpm")) as tpm:
+        services = aziot_stack.TpmServices(stack, tpm.tcti, tpmd_args=["--idle-timeout=0"])
+        services.start(gateway=False)
+        results["tpmd"] = daemon_figures(stack, "org.aziot.Tpm1", "/org/aziot/Tpm1",
+                                         "org.aziot.Tpm1", "GetTpmKeys", "a{sv}", [{}], 10000)
+        ek, srk = conn.call_blocking("org.aziot.Tpm1", "/org/aziot/Tpm1", "org.aziot.Tpm1",
+                                     "GetTpmKeys", "a{sv}", [{}], byte_arrays=True, timeout=30)
+        blob = aziot_tpm.make_auth_key_blob(bytes(ek), bytes(srk), os.urandom(32))
+        conn.call_blocking("org.aziot.Tpm1", "/org/aziot/Tpm1", "org.aziot.Tpm1",
+                           "ImportAuthKey", "aya{sv}", [dbus.ByteArray(blob), {}], timeout=30)
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < min(seconds, 5):
+            conn.call_blocking("org.aziot.Tpm1", "/org/aziot/Tpm1", "org.aziot.Tpm1",
+                               "SignWithAuthKey", "aya{sv}", [dbus.ByteArray(b"x" * 64), {}],
+                               timeout=30)
+            n += 1
+        results["tpmd"]["hmac_per_second"] = round(n / (time.monotonic() - t0))
+        stack.stop_process("gateway-tpmd") if "gateway-tpmd" in stack.processes else None
+    conn.close()
+    return results
+
+
 def measure(args):
     build = os.path.abspath(args.build_dir)
     bench_bin = os.path.join(build, "tests", "bench")
@@ -190,6 +245,8 @@ def measure(args):
             for where, path in ecdsa_bodies.items()}
         results["keyd_with_pkcs11"] = memory_kib(kpid)
 
+        results["others"] = measure_other_daemons(stack, build, run_dir, args.seconds)
+
         results["tls"] = {}
         tls_env = dict(env, OPENSSL_MODULES=os.path.join(build, "provider"))
         for alg, key_id in (("ec-p256", "bench-tls-ec"), ("rsa-2048", "bench-tls-rsa")):
@@ -264,6 +321,19 @@ def table(r):
         ("gateway idle", mem(r["idle"]["gateway"]), f"{r['threads']['gateway']} thread(s)"),
         (f"gateway after {r['after_requests']} more requests", mem(r["after"]["gateway"]), ""),
         ("keyd after the softhsm2 runs (PKCS#11 module loaded)", mem(r["keyd_with_pkcs11"]), ""),
+        *[row for name, what, verb in (("certd", "ListCertificates", "calls"),
+                                       ("tpmd", "GetTpmKeys", "calls"))
+          for row in (
+              (f"cold activation of {name} to first reply",
+               f"{r['others'][name]['cold_activation_ms']} ms", ""),
+              (f"{name} idle", mem(r["others"][name]["idle"]),
+               f"{r['others'][name]['threads']} thread(s)"),
+              (f"`{what}` over D-Bus from Python, 1 in flight",
+               f"{r['others'][name]['calls_per_second']} {verb}/s", ""),
+              (f"{name} after {r['others'][name]['calls']} calls",
+               mem(r["others"][name]["after"]), ""))],
+        ("`SignWithAuthKey` (HMAC in swtpm) over D-Bus, 1 in flight",
+         f"{r['others']['tpmd']['hmac_per_second']} calls/s", ""),
     ]
     out = ["| measure | figure | detail |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
