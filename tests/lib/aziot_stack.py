@@ -21,6 +21,7 @@ identityd (identityd.sock), whose configuration the caller writes, next to keyd 
 
 import json
 import os
+import sys
 
 import aziot_harness
 
@@ -153,36 +154,77 @@ class KeysServices(_Service):
 
 
 def up(stack):
-    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs — keyd and certd (D-Bus
-    activatable) and one gateway serving keyd.sock and certd.sock. AZIOT_UP_PKCS11=1 (`./dev up
-    --pkcs11`): keys on a softhsm2 token made for the occasion under the run directory."""
+    """Hook for `aziot_harness.py up --hook`: what `./dev up` runs — keyd, certd and identityd (D-Bus
+    activatable), the mock DPS and IoT Hub (tests/cloud, in this process) with an enrollment for
+    the device, and one gateway serving keyd.sock, certd.sock and identityd.sock. identityd
+    provisions the device through DPS with a symmetric key held by keyd, so that the identity
+    routes answer with a real identity. AZIOT_UP_PKCS11=1 (`./dev up --pkcs11`): keys on a
+    softhsm2 token made for the occasion under the run directory."""
+    import base64
+    sys.path.insert(0, os.path.join(stack.source_dir, "tests", "cloud"))
+    import mock_dps
+    import mock_hub
+
     token = None
     if os.environ.get("AZIOT_UP_PKCS11") == "1":
         import aziot_tokens
         token = aziot_tokens.SoftHsmToken(os.path.join(stack.run_dir, "softhsm"), label="aziot")
-    keys = KeysServices(stack, token=token)
+    cloud_dir = os.path.join(stack.run_dir, "cloud")
+    hub = mock_hub.MockHub(os.path.join(cloud_dir, "hub"))
+    dps = mock_dps.MockDps(os.path.join(cloud_dir, "dps"), id_scope="0ne00000DEV", hub=hub)
+    hub.start()
+    dps.start()
+    enrollment = dps.add_symmetric_key("my-device")
+    secrets = os.path.join(stack.run_dir, "secrets")
+    os.makedirs(secrets, mode=0o700, exist_ok=True)
+    device_key = os.path.join(secrets, "device-id.key")
+    with open(device_key, "wb") as f:
+        f.write(base64.b64decode(enrollment.primary_key))
+    ca_bundle = os.path.join(cloud_dir, "ca.pem")
+    with open(ca_bundle, "w") as out:
+        for path in (hub.server_ca_path, dps.server_ca_path):
+            with open(path) as f:
+                out.write(f.read())
+
+    keys = KeysServices(stack, token=token,
+                        extra_config=f'[preloaded_keys]\ndevice-id = "file://{device_key}"')
     keys.start(gateway=False)
     certs = CertsServices(stack)
     certs.start(gateway=False)
+    identity = IdentityServices(stack, (
+        'hostname = "my-device"\n\n[provisioning]\nsource = "dps"\n'
+        f'global_endpoint = "{dps.url}/"\nscope_id = "0ne00000DEV"\n\n'
+        '[provisioning.attestation]\nmethod = "symmetric_key"\nregistration_id = "my-device"\n'
+        'symmetric_key = "device-id"\n'), ssl_cert_file=ca_bundle)
+    identity.start(gateway=False)
+    sockets = (keys.keyd_socket, certs.certd_socket, identity.identityd_socket)
     gateway = stack.start_process(
         "gateway", [keys.gateway_binary, "--keyd-socket", keys.keyd_socket,
-                    "--certd-socket", certs.certd_socket],
-        env={**keys.config_env(), **certs.config_env()})
-    for sock in (keys.keyd_socket, certs.certd_socket):
+                    "--certd-socket", certs.certd_socket,
+                    "--identityd-socket", identity.identityd_socket],
+        env={**keys.config_env(), **certs.config_env(), **identity.config_env()})
+    for sock in sockets:
         aziot_harness._wait_until(lambda: os.path.exists(sock), 10, f"the gateway's {sock}",
                                   on_timeout=gateway.log)
+    state = identity.wait_state("provisioned", "failed")
     print(keys.describe(), flush=True)
     print("\n".join([
         f"  certd       D-Bus activatable as {CERTS_BUS_NAME}, home {certs.certd_home}",
         f"              config {certs.config_file} (+ {certs.config_d}/*.toml)",
-        f"  gateway     {certs.certd_socket}",
+        f"  identityd   D-Bus activatable as {IDENTITY_BUS_NAME}, home {identity.identityd_home}",
+        f"              config {identity.config_file} (+ {identity.config_d}/*.toml): {state}",
+        f"  mock DPS    {dps.url} (scope 0ne00000DEV, enrollment my-device)",
+        f"  mock Hub    {hub.url} ({hub.hostname})",
+        f"  gateway     {', '.join(sockets[1:])}",
         "",
         "Try:",
+        f"  curl -s --unix-socket {identity.identityd_socket} "
+        "'http://identityd.sock/identities/identity?api-version=2020-09-01'",
         f"  curl -s --unix-socket {certs.certd_socket} "
         "'http://certd.sock/certificates/demo?api-version=2020-09-01'",
-        "  busctl --system introspect org.aziot.Certificates1 /org/aziot/Certificates1",
+        "  busctl --system tree org.aziot.Identity1",
     ]), flush=True)
-    return keys, certs, token
+    return keys, certs, identity, dps, hub, token
 
 
 CERTS_BUS_NAME = "org.aziot.Certificates1"
