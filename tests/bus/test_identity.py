@@ -594,6 +594,30 @@ class X509TestCase(IdentityTestCase):
                                            ["local-ca", r.stdout, {}], timeout=CALL_TIMEOUT))
 
 
+class ManualX509Test(X509TestCase):
+    def test_manual_x509_device_uses_its_certificate_with_iot_hub(self):
+        ca_pem = self._make_local_ca()
+        self.hub.registry.add_device("dev-mx", ca=ca_pem)
+        self.start_identityd(
+            f'hostname = "testhost"\nhomedir = "{self.home}"\n\n[provisioning]\n'
+            f'source = "manual"\niothub_hostname = "{self.hub.hostname}"\n'
+            'device_id = "dev-mx"\n[provisioning.authentication]\nmethod = "x509"\n'
+            'identity_cert = "device-id"\nidentity_pk = "device-id"\n')
+        self.assertEqual(self.wait_state("provisioned", "failed", "offline"), "provisioned",
+                         self.identityd.log()[-3000:])
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual((device["deviceId"], device["authType"], device["certId"]),
+                         ("dev-mx", "x509", "device-id"))
+        info = self.call("GetProvisioningInfo")
+        self.assertEqual((info["source"], info["auth"]), ("manual", "x509"))
+        # IoT Hub calls authenticate with the certificate (CN = the device id, by the CA).
+        self.call("CreateModuleIdentity", "ssa{sv}", "aziot", "x509-mod", {})
+        put = [r for r in self.hub.http_requests("put-module")][-1]
+        self.assertEqual(put.auth, "x509")
+        self.assertEqual(put.client_cert.subject.rfc4514_string(), "CN=dev-mx")
+        self.assertIn("x509-mod", self.hub.registry.device("dev-mx").modules)
+
+
 class DpsX509Test(X509TestCase):
     def test_identity_certificate_made_then_registered(self):
         ca_pem = self._make_local_ca()
