@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
-"""What the mock Azure DPS (mock_dps.py) and the mock IoT Hub (mock_hub.py) share: SAS tokens, key
-derivations, the PKI, X.509 chain checks, and an HTTPS server with a request log, fault switches and a
-plain-HTTP control channel.
+"""What the mock cloud servers share. The mock Azure DPS (mock_dps.py) and the mock IoT Hub
+(mock_hub.py): SAS tokens, key derivations, the PKI, X.509 chain checks. Every mock, the mock EST
+server (mock_est.py) too: certificate helpers, and an HTTPS server with a request log, fault switches,
+a plain-HTTP control channel and a script mode.
 
 Protocol facts: /work/shared/spec/cloud-protocols.md §1 (HTTP), §2 (SAS tokens and key derivations).
 
@@ -10,16 +11,22 @@ SAS tokens (§2.1), as a service checks them (tests make theirs with cloud_clien
     check_sas(value, audience, keys, skn=None)  → SasResult: what a strict service decides
 Keys (§2.3, §2.4): derive_device_key(group_key, registration_id), module_keys(master, module, genid).
 
+Certificates: make_key(), sign_cert() (any cert, SKI/AKI, capped at the issuer's notAfter), and
+PkiDir, a directory of <stem>.pem + <stem>.key.pem that CloudPki and mock_est's Pki build on.
+
 PKI (a directory, generated on first use and loaded afterwards; EC P-256, PEM):
     server-ca.pem, .key.pem   the root the clients must trust for both services (e.g. SSL_CERT_FILE)
     server.pem, .key.pem      the HTTPS server certificate (SAN localhost, 127.0.0.1)
     <name>.pem, .key.pem, .chain.pem   device CAs and certificates made by make_ca()/make_cert()
 
-TLS client certificates are requested but never refused during the handshake: the peer's chain is
-captured and judged by the service, which answers an untrusted one with its own 401 JSON body as the
-real services do (a handshake failure would look like a network outage to the client).
+Servers: MockServerBase (the server loop, the request log, fault switches, down()/up(), the control
+channel; a subclass answers the requests) and MockServer, a JSON service with a route table. In a
+MockServer, TLS client certificates are requested but never refused during the handshake: the peer's
+chain is captured and judged by the service, which answers an untrusted one with its own 401 JSON body
+as the real services do (a handshake failure would look like a network outage to the client).
 """
 
+import argparse
 import base64
 import binascii
 import ctypes
@@ -43,19 +50,17 @@ import time
 import traceback
 import urllib.parse
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mock_est import Pki as _EstPki, make_key, _write, _pem, _key_pem  # noqa: E402
-
-from cryptography import x509  # noqa: E402
-from cryptography.exceptions import InvalidSignature  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "SasError", "SasResult", "parse_sas_token", "check_sas", "derive_device_key", "module_keys",
-    "random_key", "thumbprints", "verify_chain", "load_certs", "CloudPki", "CertKey", "Request",
-    "Refusal", "MockServer", "utc_iso",
+    "random_key", "thumbprints", "verify_chain", "load_certs", "make_key", "sign_cert", "ca_extensions",
+    "leaf_extensions", "server_extensions", "PkiDir", "CloudPki", "CertKey", "Request", "Refusal", "Call",
+    "MockServerBase", "MockServer", "utc_iso", "script_parser", "add_script_options", "run_script_servers",
 ]
 
 JSON_CT = "application/json; charset=utf-8"
@@ -299,6 +304,110 @@ def load_certs(obj):
 # ------------------------------------------------------------------------------------------------
 # PKI
 
+def make_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write(path, data, private=False):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(cn, org="aziot-dbus mock cloud"):
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def sign_cert(issuer_cert, issuer_key, subject, public_key, days=None, seconds=None, not_before=None,
+              extensions=(), serial=None):
+    """A cert for `public_key`, signed by issuer (self-signed when issuer_cert is None), with SKI/AKI.
+    notAfter is capped at the issuer's notAfter."""
+    nb = not_before or _now()
+    na = nb + datetime.timedelta(seconds=seconds if seconds is not None else (days or 1) * DAY)
+    if issuer_cert is not None and na > issuer_cert.not_valid_after:
+        na = issuer_cert.not_valid_after
+    b = (x509.CertificateBuilder()
+         .subject_name(subject)
+         .issuer_name(issuer_cert.subject if issuer_cert is not None else subject)
+         .public_key(public_key)
+         .serial_number(serial or x509.random_serial_number())
+         .not_valid_before(nb)
+         .not_valid_after(na))
+    for ext, critical in extensions:
+        b = b.add_extension(ext, critical=critical)
+    b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+        issuer_key.public_key()), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def ca_extensions():
+    """basicConstraints CA:TRUE and keyUsage digitalSignature, keyCertSign, cRLSign (both critical)."""
+    return [(x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True)]
+
+
+def leaf_extensions(eku=(ExtendedKeyUsageOID.CLIENT_AUTH,)):
+    """basicConstraints CA:FALSE (critical), and the extended key usages `eku` unless empty."""
+    ext = [(x509.BasicConstraints(ca=False, path_length=None), True)]
+    if eku:
+        ext.append((x509.ExtendedKeyUsage(list(eku)), False))
+    return ext
+
+
+def server_extensions(server_names):
+    """subjectAltName (IP addresses and DNS names) and extendedKeyUsage serverAuth of a TLS server."""
+    sans = []
+    for n in server_names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    return [(x509.SubjectAlternativeName(sans), False),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)]
+
+
+class PkiDir:
+    """A directory of certificates and their keys: <stem>.pem and <stem>.key.pem (0600)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def has(self, stem):
+        return all(os.path.exists(self.path(stem + ext)) for ext in (".pem", ".key.pem"))
+
+    def load(self, stem):
+        """(the certificates of <stem>.pem, the key of <stem>.key.pem)."""
+        with open(self.path(stem + ".key.pem"), "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        return load_certs(self.path(stem + ".pem")), key
+
+    def store(self, stem, cert, key):
+        """Writes the key, then the cert; returns their paths (cert, key)."""
+        cert_path, key_path = self.path(stem + ".pem"), self.path(stem + ".key.pem")
+        _write(key_path, _key_pem(key), private=True)
+        _write(cert_path, _pem(cert))
+        return cert_path, key_path
+
+
 @dataclasses.dataclass
 class CertKey:
     """A cert and its key, with the issuer chain up to the root (chain[0] is cert) and the files:
@@ -319,42 +428,21 @@ class CertKey:
         return thumbprints(self.cert)[1]
 
 
-def _name(cn, org="aziot-dbus mock cloud"):
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
-class CloudPki:
+class CloudPki(PkiDir):
     """The services' server CA and certificate (shared by every mock using the same directory), and
     device CAs/certificates for the tests' X.509 identities."""
 
     def __init__(self, directory, server_names=("localhost", "127.0.0.1")):
-        self.dir = directory
-        os.makedirs(directory, exist_ok=True)
+        super().__init__(directory)
         self.server_ca = self.make_ca("server-ca", "Mock Azure Server Root CA", reuse=True)
-        if os.path.exists(self.path("server.pem")) and os.path.exists(self.path("server.key.pem")):
+        if self.has("server"):
             self.server = self._load("server")
         else:
-            sans = []
-            for n in server_names:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-                except ValueError:
-                    sans.append(x509.DNSName(n))
             self.server = self._issue("server", _name(server_names[0]), self.server_ca, days=3649,
-                                      extensions=[(x509.SubjectAlternativeName(sans), False),
-                                                  (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                                   False)])
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
+                                      extensions=server_extensions(server_names))
 
     def _load(self, stem):
-        with open(self.path(stem + ".key.pem"), "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), None)
-        chain = load_certs(self.path(stem + ".pem"))
+        chain, key = self.load(stem)
         ck = CertKey(chain[0], key, chain, self.path(stem + ".pem"), self.path(stem + ".key.pem"),
                      self.path(stem + ".chain.pem"))
         if os.path.exists(self.path(stem + ".full.pem")):
@@ -365,17 +453,14 @@ class CloudPki:
         key = key or make_key()
         nb = not_before or (_now() - datetime.timedelta(hours=1))
         if issuer is None:
-            cert = _EstPki.sign(None, key, subject, key.public_key(), days=days, seconds=seconds,
-                                not_before=nb, extensions=extensions)
+            cert = sign_cert(None, key, subject, key.public_key(), days=days, seconds=seconds,
+                             not_before=nb, extensions=extensions)
             chain = [cert]
         else:
-            cert = _EstPki.sign(issuer.cert, issuer.key, subject, key.public_key(), days=days,
-                                seconds=seconds, not_before=nb, extensions=extensions)
+            cert = sign_cert(issuer.cert, issuer.key, subject, key.public_key(), days=days,
+                             seconds=seconds, not_before=nb, extensions=extensions)
             chain = [cert] + issuer.chain
-        ck = CertKey(cert, key, chain, self.path(stem + ".pem"), self.path(stem + ".key.pem"),
-                     self.path(stem + ".chain.pem"))
-        _write(ck.key_path, _key_pem(key), private=True)
-        _write(ck.cert_path, _pem(cert))
+        ck = CertKey(cert, key, chain, *self.store(stem, cert, key), self.path(stem + ".chain.pem"))
         # what a client presents: the cert and its CAs, without the self-signed root
         _write(ck.chain_path, b"".join(_pem(c) for c in chain[:-1] if len(chain) > 1) or _pem(cert))
         _write(self.path(stem + ".full.pem"), b"".join(_pem(c) for c in chain))
@@ -384,32 +469,25 @@ class CloudPki:
     def make_ca(self, name, cn=None, issuer=None, days=3650, reuse=False, seconds=None, not_before=None):
         """A CA (self-signed root, or under `issuer`, a CertKey), valid from `not_before` (default: an
         hour ago) for `days` (or `seconds`); with reuse, loaded when it exists."""
-        if reuse and all(os.path.exists(self.path(name + ext)) for ext in (".pem", ".key.pem")):
+        if reuse and self.has(name):
             return self._load(name)
-        ext = [(x509.BasicConstraints(ca=True, path_length=None), True),
-               (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True)]
-        return self._issue(name, _name(cn or name), issuer, days, ext, not_before=not_before, seconds=seconds)
+        return self._issue(name, _name(cn or name), issuer, days, ca_extensions(), not_before=not_before,
+                           seconds=seconds)
 
     def make_cert(self, name, cn, issuer=None, days=365, seconds=None, not_before=None, key=None,
                   eku=(ExtendedKeyUsageOID.CLIENT_AUTH,)):
         """A device (leaf) cert with CN=cn, signed by `issuer` (a CertKey), self-signed when None."""
-        ext = [(x509.BasicConstraints(ca=False, path_length=None), True)]
-        if eku:
-            ext.append((x509.ExtendedKeyUsage(list(eku)), False))
-        return self._issue(name, _name(cn, org=None), issuer, days, ext, key=key, not_before=not_before,
-                           seconds=seconds)
+        return self._issue(name, _name(cn, org=None), issuer, days, leaf_extensions(eku), key=key,
+                           not_before=not_before, seconds=seconds)
 
     def sign_csr(self, csr, issuer, days=30, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,), copy_san=False):
         """A cert for a CSR's key and subject (and its SAN with copy_san), by `issuer` (a CertKey)."""
-        ext = [(x509.BasicConstraints(ca=False, path_length=None), True)]
-        if eku:
-            ext.append((x509.ExtendedKeyUsage(list(eku)), False))
+        ext = leaf_extensions(eku)
         if copy_san:
             ext += [(e.value, e.critical) for e in csr.extensions
                     if isinstance(e.value, x509.SubjectAlternativeName)]
-        return _EstPki.sign(issuer.cert, issuer.key, csr.subject, csr.public_key(), days=days,
-                            not_before=_now() - datetime.timedelta(minutes=5), extensions=ext)
-
+        return sign_cert(issuer.cert, issuer.key, csr.subject, csr.public_key(), days=days,
+                         not_before=_now() - datetime.timedelta(minutes=5), extensions=ext)
 
 # ------------------------------------------------------------------------------------------------
 # TLS: request a client certificate, accept any, keep the chain the peer sent
@@ -588,18 +666,16 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def finish_request(self, request, client_address):
         mock = self.mock
         if mock.drop_connections:
-            mock._log(Request(tls_error="dropped by drop_connections"))
+            mock._log(mock.request_class(tls_error="dropped by drop_connections"))
             request.close()
             return
         request.settimeout(mock.io_timeout)
-        _PeerChains.begin()
         try:
-            request = mock._ctx.wrap_socket(request, server_side=True)
+            request, chain = mock._handshake(request)
         except (ssl.SSLError, OSError) as e:
-            mock._log(Request(tls_error=f"{type(e).__name__}: {e}"))
+            mock._log(mock.request_class(tls_error=f"{type(e).__name__}: {e}"))
             request.close()
             return
-        chain = _PeerChains.take()
         with mock._lock:
             mock._conns.add(request)
         try:
@@ -627,6 +703,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def mock(self):
         return self.server.mock
 
+    def version_string(self):
+        return self.mock.server_version or super().version_string()
+
     def log_message(self, fmt, *args):
         if self.mock.verbose:
             sys.stderr.write(f"{self.mock.name}: " + (fmt % args) + "\n")
@@ -637,6 +716,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
     def read_body(self):
+        limit = self.mock.max_body
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             out = b""
             while True:
@@ -647,10 +727,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     return out
                 out += self.rfile.read(size)
                 self.rfile.readline()
-                if len(out) > MAX_BODY:
+                if limit is not None and len(out) > limit:
                     raise Refusal(413, "request body too large")
         n = int(self.headers.get("Content-Length") or 0)
-        if n > MAX_BODY:
+        if limit is not None and n > limit:
             raise Refusal(413, "request body too large")
         return self.rfile.read(n) if n > 0 else b""
 
@@ -692,37 +772,40 @@ class Call:
         return obj
 
 
-class MockServer:
-    """An HTTPS server with a route table, a request log, fault switches and a control channel.
-    Subclasses set `name`, ROUTES [(method, path regex, route name, handler method name)],
-    `api_versions`, and implement error_body(status, code, message, network_error).
+class MockServerBase:
+    """A mock server: HTTPS (or plain HTTP with tls False) on a thread, a request log, fault switches
+    and a control channel. A subclass sets `pki` (a PkiDir with server-ca.pem) before calling
+    MockServerBase.__init__, and implements _handshake(sock) and _answer(handler, rec).
+
+    Class attributes: name (threads, log lines, 500 bodies), request_class (the log's records, with
+    a `route`), BODY_MODES (the first is the right answer), CONFIG_KEYS (what /config may set; those
+    in SET_CONFIG_KEYS become sets), max_body (None: no limit), server_version (None: Python's).
 
     Runtime switches (attributes):
       delay          seconds to wait before answering (a hang: a large value; stop() ends it)
-      body_mode      "json" | "garbage" (a truncated, unparsable JSON body) | "empty"
+      body_mode      one of BODY_MODES
       content_type   None: the right one; "": no Content-Type header; else that value
       fault_routes   None: delay/body_mode/content_type apply to every route, else a set of route names
       drop_connections  close every connection at accept (the client sees a reset)
-      rewrite        None, or fn(request, status, obj) -> obj, to reshape JSON answers in-process
-    Methods: fail(), clear_faults(), down()/up() (connection refused meanwhile), requests,
+    Methods: clear_faults(), down()/up() (connection refused meanwhile), requests,
     http_requests(route), wait_for_requests(n), clear_log(), start_control()."""
 
     name = "mock"
-    ROUTES = ()
-    api_versions = ()
-    CONFIG_KEYS = ("delay", "body_mode", "content_type", "fault_routes", "drop_connections", "api_versions")
+    request_class = None
+    BODY_MODES = ()
+    CONFIG_KEYS = ("delay", "body_mode", "content_type", "drop_connections")
+    SET_CONFIG_KEYS = ()
+    max_body = MAX_BODY
+    server_version = None
+    tls = True
 
-    def __init__(self, directory, port=0, host="127.0.0.1", server_names=("localhost", "127.0.0.1"),
-                 log_path=None, verbose=False):
-        self.pki = CloudPki(directory, server_names=server_names)
+    def __init__(self, directory, port=0, host="127.0.0.1", log_path=None, verbose=False):
         self.dir = directory
         self.host = host
         self.port = port
         self.verbose = verbose
         self.log_path = log_path
         self.io_timeout = 30.0
-        self.api_versions = set(self.api_versions)
-        self._routes = [(m, re.compile(p), n, h) for m, p, n, h in self.ROUTES]
         self._lock = threading.RLock()
         self._log_entries = []
         self._log_cond = threading.Condition(self._lock)
@@ -732,19 +815,19 @@ class MockServer:
         self._control = None
         self._stopping = threading.Event()
         self._failure = None
-        self.rewrite = None
         self.clear_faults()
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ctx.load_cert_chain(self.pki.server.cert_path, self.pki.server.key_path)
-        _PeerChains.install(self._ctx)
 
     # ---- paths and URLs
 
-    server_ca_path = property(lambda self: self.pki.server_ca.cert_path)
+    server_ca_path = property(lambda self: self.pki.path("server-ca.pem"))
+
+    @property
+    def base_url(self):
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def url(self):
-        return f"https://{self.host}:{self.port}"
+        return self.base_url
 
     @property
     def is_up(self):
@@ -798,19 +881,10 @@ class MockServer:
 
     # ---- faults
 
-    def fail(self, status, count=None, routes=None, retry_after=None, body=None, message=None,
-             code=None, network_error=False):
-        """Answer the next `count` requests (None: until clear_faults()) of `routes` (None: all) with
-        `status`, before authentication: body None → the service's error body (with `message`,
-        `code`, and "networkError": true if asked); a dict → that JSON; bytes/str → sent as is."""
-        self._failure = dict(status=status, count=count, routes=set(routes) if routes else None,
-                             retry_after=retry_after, body=body, message=message, code=code,
-                             network_error=network_error)
-
     def clear_faults(self):
         self._failure = None
         self.delay = 0
-        self.body_mode = "json"
+        self.body_mode = self.BODY_MODES[0]
         self.content_type = None
         self.fault_routes = None
         self.drop_connections = False
@@ -819,6 +893,8 @@ class MockServer:
         return self.fault_routes is None or route in self.fault_routes
 
     def _take_failure(self, route):
+        """The failure set by fail() when it answers this request of `route` (a dict), else None.
+        fail() stores a dict with at least "routes" (None: all) and "count" (None: until cleared)."""
         with self._lock:
             f = self._failure
             if f is None or (f["routes"] is not None and route not in f["routes"]):
@@ -829,9 +905,20 @@ class MockServer:
                     self._failure = None
             return dict(f)
 
+    def _injected(self, route):
+        """The injected delay, then the injected failure if one answers this request of `route`."""
+        if self._fault_applies(route) and self.delay:
+            self._stopping.wait(self.delay)
+        return self._take_failure(route)
+
     # ---- to override
 
-    def error_body(self, status, code, message, network_error=False):
+    def _handshake(self, sock):
+        """The TLS server side of an accepted connection: (the socket to serve, the client's chain)."""
+        raise NotImplementedError
+
+    def _answer(self, handler, rec):
+        """Reads the request and answers it with _send(), filling in `rec` on the way."""
         raise NotImplementedError
 
     def control(self, method, path, arg):
@@ -843,18 +930,177 @@ class MockServer:
         for k, v in cfg.items():
             if k not in self.CONFIG_KEYS:
                 raise ValueError(f"unknown config key {k!r}")
-            if k in ("fault_routes", "api_versions") and v is not None:
+            if k in self.SET_CONFIG_KEYS and v is not None:
                 v = set(v)
-            if k == "body_mode" and v not in BODY_MODES:
-                raise ValueError(f"body_mode must be one of {BODY_MODES}")
+            if k == "body_mode" and v not in self.BODY_MODES:
+                raise ValueError(f"body_mode must be one of {self.BODY_MODES}")
             setattr(self, k, v)
 
     # ---- dispatch
 
     def _dispatch(self, handler):
+        rec = self.request_class(method=handler.command, path=handler.path,
+                                 headers={k.lower(): v for k, v in handler.headers.items()})
+        try:
+            self._answer(handler, rec)
+        except (ConnectionError, TimeoutError, ssl.SSLError):
+            raise
+        except Exception as e:  # a mock bug: a 500 the log shows
+            if rec.status is not None:
+                raise  # too late for another answer on this connection
+            rec.error = f"{type(e).__name__}: {e}"
+            if self.verbose:
+                traceback.print_exc()
+            self._send(handler, rec, 500, f"{self.name} internal error: {e}\n".encode(), "text/plain")
+
+    def _send(self, handler, rec, status, body, ctype, headers=()):
+        rec.status = status
+        rec.response = body
+        rec.response_headers = dict(headers)
+        self._log(rec)
+        handler.send_response(status)
+        if ctype:
+            handler.send_header("Content-Type", ctype)
+        for k, v in headers:
+            handler.send_header(k, v)
+        if status != 204:
+            handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD" and status != 204:
+            handler.wfile.write(body)
+
+    # ---- log
+
+    def _log(self, rec):
+        with self._log_cond:
+            self._log_entries.append(rec)
+            self._log_cond.notify_all()
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(rec.to_json() + "\n")
+        if self.verbose:
+            sys.stderr.write(f"{self.name}: {rec!r}\n")
+
+    @property
+    def requests(self):
+        """The log: every answered request and every refused connection, oldest first."""
+        with self._lock:
+            return list(self._log_entries)
+
+    def http_requests(self, route=None):
+        return [r for r in self.requests if r.method and (route is None or r.route == route)]
+
+    def tls_errors(self):
+        """Refused/failed connections: TLS handshake failures and drop_connections."""
+        return [r.tls_error for r in self.requests if r.method is None]
+
+    def clear_log(self):
+        with self._lock:
+            self._log_entries.clear()
+
+    def wait_for_requests(self, n, timeout=10.0, route=None):
+        """Waits until the log holds ≥ n HTTP requests (of `route` if given); returns them."""
+        deadline = time.monotonic() + timeout
+        with self._log_cond:
+            while True:
+                got = [r for r in self._log_entries if r.method and (route is None or r.route == route)]
+                if len(got) >= n:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(got)} of {n} {self.name} requests after {timeout} s")
+                self._log_cond.wait(left)
+
+    # ---- control channel
+
+    def start_control(self, port=0):
+        """Starts the plain-HTTP control channel on 127.0.0.1; returns its URL.
+            GET  /requests          the log (request_class.to_json objects)
+            POST /config {...}      apply_config()
+            POST /fail {...}        fail() arguments; /clear-faults, /clear-log, /down, /up
+        plus the service's own (control())."""
+        if self._control is None:
+            self._control = _ControlServer(self, (self.host, port))
+            threading.Thread(target=self._control.serve_forever, kwargs={"poll_interval": 0.05},
+                             name=self.name + "-control", daemon=True).start()
+        return f"http://{self.host}:{self._control.server_address[1]}"
+
+    def _control_call(self, method, path, arg):
+        if method == "GET" and path == "/requests":
+            return [json.loads(r.to_json()) for r in self.requests]
+        if method == "POST":
+            if path == "/config":
+                self.apply_config(arg)
+                return {"up": self.is_up}
+            if path == "/fail":
+                self.fail(**arg)
+                return {}
+            simple = {"/clear-faults": self.clear_faults, "/clear-log": self.clear_log,
+                      "/down": self.down, "/up": self.up}
+            if path in simple:
+                simple[path]()
+                return {"up": self.is_up}
+        return self.control(method, path, arg)
+
+
+class MockServer(MockServerBase):
+    """An HTTPS JSON service with a route table: MockServerBase with a CloudPki, TLS client
+    certificates captured (never refused in the handshake), api-version checks and JSON error bodies.
+    Subclasses set `name`, ROUTES [(method, path regex, route name, handler method name)],
+    `api_versions`, and implement error_body(status, code, message, network_error).
+
+    Runtime switches, besides MockServerBase's:
+      body_mode      "json" | "garbage" (a truncated, unparsable JSON body) | "empty"
+      api_versions   the api-versions accepted (empty: any)
+      rewrite        None, or fn(request, status, obj) -> obj, to reshape JSON answers in-process
+    Methods: fail() and those of MockServerBase."""
+
+    ROUTES = ()
+    api_versions = ()
+    request_class = Request
+    BODY_MODES = BODY_MODES
+    CONFIG_KEYS = MockServerBase.CONFIG_KEYS + ("fault_routes", "api_versions")
+    SET_CONFIG_KEYS = ("fault_routes", "api_versions")
+
+    def __init__(self, directory, port=0, host="127.0.0.1", server_names=("localhost", "127.0.0.1"),
+                 log_path=None, verbose=False):
+        self.pki = CloudPki(directory, server_names=server_names)
+        super().__init__(directory, port=port, host=host, log_path=log_path, verbose=verbose)
+        self.api_versions = set(self.api_versions)
+        self._routes = [(m, re.compile(p), n, h) for m, p, n, h in self.ROUTES]
+        self.rewrite = None
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(self.pki.server.cert_path, self.pki.server.key_path)
+        _PeerChains.install(self._ctx)
+
+    def _handshake(self, sock):
+        _PeerChains.begin()
+        sock = self._ctx.wrap_socket(sock, server_side=True)
+        return sock, _PeerChains.take()
+
+    # ---- faults
+
+    def fail(self, status, count=None, routes=None, retry_after=None, body=None, message=None,
+             code=None, network_error=False):
+        """Answer the next `count` requests (None: until clear_faults()) of `routes` (None: all) with
+        `status`, before authentication: body None → the service's error body (with `message`,
+        `code`, and "networkError": true if asked); a dict → that JSON; bytes/str → sent as is."""
+        self._failure = dict(status=status, count=count, routes=set(routes) if routes else None,
+                             retry_after=retry_after, body=body, message=message, code=code,
+                             network_error=network_error)
+
+    # ---- to override
+
+    def error_body(self, status, code, message, network_error=False):
+        raise NotImplementedError
+
+    def code_for(self, status, what):
+        return None
+
+    # ---- dispatch
+
+    def _answer(self, handler, rec):
         split = urllib.parse.urlsplit(handler.path)
-        rec = Request(method=handler.command, path=handler.path,
-                      headers={k.lower(): v for k, v in handler.headers.items()})
         if handler.peer_chain:
             rec.client_cert, rec.client_chain = handler.peer_chain[0], list(handler.peer_chain)
         try:
@@ -869,9 +1115,7 @@ class MockServer:
             if self.api_versions and rec.api_version not in self.api_versions:
                 raise Refusal(400, f"api-version {rec.api_version} is not supported",
                               code=self.code_for(400, "api-version"))
-            if self._fault_applies(route[2]) and self.delay:
-                self._stopping.wait(self.delay)
-            injected = self._take_failure(route[2])
+            injected = self._injected(route[2])
             if injected is not None:
                 return self._send_injected(handler, rec, injected)
             status, obj, headers = getattr(self, route[3])(call)
@@ -883,16 +1127,6 @@ class MockServer:
             body = self.error_body(r.status, code, r.message)
             self._send_json(handler, rec, r.status, body, r.headers,
                             mutable=rec.route is not None and self._fault_applies(rec.route))
-        except (ConnectionError, TimeoutError, ssl.SSLError):
-            raise
-        except Exception as e:  # a mock bug: a 500 the log shows
-            rec.error = f"{type(e).__name__}: {e}"
-            if self.verbose:
-                traceback.print_exc()
-            self._send(handler, rec, 500, f"{self.name} internal error: {e}\n".encode(), "text/plain")
-
-    def code_for(self, status, what):
-        return None
 
     def _match(self, method, path, rec):
         allowed = []
@@ -941,94 +1175,6 @@ class MockServer:
                 ctype = self.content_type or None
         self._send(handler, rec, status, data, ctype, headers)
 
-    def _send(self, handler, rec, status, body, ctype, headers=()):
-        rec.status = status
-        rec.response = body
-        rec.response_headers = dict(headers)
-        self._log(rec)
-        handler.send_response(status)
-        if ctype:
-            handler.send_header("Content-Type", ctype)
-        for k, v in headers:
-            handler.send_header(k, v)
-        if status != 204:
-            handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        if handler.command != "HEAD" and status != 204:
-            handler.wfile.write(body)
-
-    # ---- log
-
-    def _log(self, rec):
-        with self._log_cond:
-            self._log_entries.append(rec)
-            self._log_cond.notify_all()
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(rec.to_json() + "\n")
-        if self.verbose:
-            sys.stderr.write(f"{self.name}: {rec!r}\n")
-
-    @property
-    def requests(self):
-        """The log: every answered request and every refused connection, oldest first."""
-        with self._lock:
-            return list(self._log_entries)
-
-    def http_requests(self, route=None):
-        return [r for r in self.requests if r.method and (route is None or r.route == route)]
-
-    def tls_errors(self):
-        return [r.tls_error for r in self.requests if r.method is None]
-
-    def clear_log(self):
-        with self._lock:
-            self._log_entries.clear()
-
-    def wait_for_requests(self, n, timeout=10.0, route=None):
-        """Waits until the log holds ≥ n HTTP requests (of `route` if given); returns them."""
-        deadline = time.monotonic() + timeout
-        with self._log_cond:
-            while True:
-                got = [r for r in self._log_entries if r.method and (route is None or r.route == route)]
-                if len(got) >= n:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{len(got)} of {n} {self.name} requests after {timeout} s")
-                self._log_cond.wait(left)
-
-    # ---- control channel
-
-    def start_control(self, port=0):
-        """Starts the plain-HTTP control channel on 127.0.0.1; returns its URL.
-            GET  /requests          the log (Request.to_json objects)
-            POST /config {...}      any of CONFIG_KEYS
-            POST /fail {...}        fail() arguments; /clear-faults, /clear-log, /down, /up
-        plus the service's own (control())."""
-        if self._control is None:
-            self._control = _ControlServer(self, (self.host, port))
-            threading.Thread(target=self._control.serve_forever, kwargs={"poll_interval": 0.05},
-                             name=self.name + "-control", daemon=True).start()
-        return f"http://{self.host}:{self._control.server_address[1]}"
-
-    def _control_call(self, method, path, arg):
-        if method == "GET" and path == "/requests":
-            return [json.loads(r.to_json()) for r in self.requests]
-        if method == "POST":
-            if path == "/config":
-                self.apply_config(arg)
-                return {"up": self.is_up}
-            if path == "/fail":
-                self.fail(**arg)
-                return {}
-            simple = {"/clear-faults": self.clear_faults, "/clear-log": self.clear_log,
-                      "/down": self.down, "/up": self.up}
-            if path in simple:
-                simple[path]()
-                return {"up": self.is_up}
-        return self.control(method, path, arg)
-
 
 class _ControlHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -1072,6 +1218,23 @@ class _ControlServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 # ------------------------------------------------------------------------------------------------
 # Script mode
+
+def script_parser(description):
+    """An argument parser with what every mock takes first: --dir, --host, --port."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--dir", required=True, help="PKI directory (generated if empty)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0: ephemeral")
+    return ap
+
+
+def add_script_options(ap, log_name, control_help="start the control channel (CONTROL_URL)"):
+    """What every mock takes last: --control, --control-port, --log (default DIR/log_name), --verbose."""
+    ap.add_argument("--control", action="store_true", help=control_help)
+    ap.add_argument("--control-port", type=int, default=0)
+    ap.add_argument("--log", help=f"JSON-lines request log (default DIR/{log_name})")
+    ap.add_argument("--verbose", action="store_true")
+
 
 def run_script_servers(servers, print_lines):
     """Script mode: start `servers`, print KEY=VALUE lines then READY, serve until SIGTERM/SIGINT;

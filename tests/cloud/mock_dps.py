@@ -54,7 +54,6 @@ prints KEY=VALUE lines (URL, PORT, SCOPE, SERVER_CA, KEY_<rid>, GROUP_KEY_<gid>,
 CONTROL_URL, HUB_CONTROL_URL, LOG) then READY; SIGUSR1 takes it (and its hub) down, SIGUSR2 up.
 """
 
-import argparse
 import base64
 import binascii
 import copy
@@ -67,9 +66,9 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "lib"))
-from mock_cloud import (MockServer, Refusal, check_sas, common_name, derive_device_key,  # noqa: E402
-                        load_certs, random_key, run_script_servers, thumbprints, utc_iso, verify_chain,
-                        normalize_thumbprint, _pem)
+from mock_cloud import (MockServer, Refusal, add_script_options, check_sas, common_name,  # noqa: E402
+                        derive_device_key, load_certs, random_key, run_script_servers, script_parser,
+                        thumbprints, utc_iso, verify_chain, normalize_thumbprint, _pem)
 import mock_hub  # noqa: E402
 
 from cryptography import x509  # noqa: E402
@@ -643,10 +642,7 @@ def _snake(name):
 # CLI
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Mock Azure DPS for the identityd tests.")
-    ap.add_argument("--dir", required=True, help="PKI directory (generated if empty)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0: ephemeral")
+    ap = script_parser("Mock Azure DPS for the identityd tests.")
     ap.add_argument("--scope", default="0ne00000001", help="the ID scope")
     ap.add_argument("--with-hub", action="store_true", help="also run a mock IoT Hub sharing the registry")
     ap.add_argument("--hub-port", type=int, default=0)
@@ -661,10 +657,7 @@ def main(argv=None):
                     help="EK.pub: the EK's marshalled TPM2B_PUBLIC (tpm2_readpublic -o)")
     ap.add_argument("--assigning-polls", type=int, default=0)
     ap.add_argument("--device-id", help="assigned device id for every enrollment (new-uuid: fresh each time)")
-    ap.add_argument("--control", action="store_true", help="start the control channel(s)")
-    ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--log", help="JSON-lines request log (default DIR/dps-requests.jsonl)")
-    ap.add_argument("--verbose", action="store_true")
+    add_script_options(ap, "dps-requests.jsonl", control_help="start the control channel(s)")
     a = ap.parse_args(argv)
 
     hub = None

@@ -35,30 +35,34 @@ As a script:
 prints KEY=VALUE lines (URL, SERVER_CA, EST_CA, ...) then READY, and serves until SIGTERM/SIGINT;
 SIGUSR1 takes it down (stops accepting), SIGUSR2 brings it back up; with --control, CONTROL_URL is a
 plain-HTTP control channel for every runtime switch (see apply_config).
+
+The server loop, the request log, the fault switches, the control channel, the script mode and the
+certificate helpers are mock_cloud.py's (MockServerBase, PkiDir, sign_cert, run_script_servers); what
+is EST's is here: the PKI layout, the routes, Basic and client-certificate authentication (verified by
+OpenSSL in the handshake, unlike the cloud services' own 401), PKCS#7 answers and the body modes.
 """
 
-import argparse
 import base64
 import binascii
 import datetime
 import http.client
-import http.server
 import json
 import os
 import re
-import signal
-import socket
-import socketserver
 import ssl
 import sys
-import threading
 import time
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mock_cloud import (DAY, Call, MockServerBase, PkiDir, add_script_options, ca_extensions,  # noqa: E402
+                        leaf_extensions, make_key, run_script_servers, script_parser, server_extensions,
+                        sign_cert, _name, _now, _pem, _write)
+from mock_cloud import _key_pem  # noqa: E402,F401  (mock_est._key_pem, for the tests)
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.serialization import pkcs7  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 __all__ = [
     "MockEst", "Policy", "Pki", "Request",
@@ -72,26 +76,11 @@ CT_CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 CT_CACERTS = "application/pkcs7-mime"
 BODY_MODES = ("base64", "base64-oneline", "base64-crlf", "pem", "der", "garbage", "base64-garbage",
               "empty-pkcs7")
-DAY = 86400
+ORG = "aziot-dbus mock EST"
 
 
 # ------------------------------------------------------------------------------------------------
 # Helpers (also for the tests that drive certd)
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
-
-
-def make_key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn, org="aziot-dbus mock EST"):
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
 
 def make_csr(key, cn, client_auth=True, sans=(), subject=None):
     """A SHA-256 CSR of `key` (subject CN=cn, or the given x509.Name), with EKU clientAuth like certd's
@@ -161,23 +150,6 @@ def est_request(url, method="GET", body=None, headers=None, cafile=None, basic=N
         conn.close()
 
 
-def _write(path, data, private=False):
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _pem(cert):
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_pem(key):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def _der_len(n):
     if n < 0x80:
         return bytes([n])
@@ -200,14 +172,15 @@ def empty_signed_data():
 # ------------------------------------------------------------------------------------------------
 # PKI
 
-class Pki:
+class Pki(PkiDir):
     """The server CA + server cert, the EST CA (optionally an intermediate under a root) and the
     bootstrap CA, generated into `directory` or loaded from it."""
 
+    sign = staticmethod(sign_cert)
+
     def __init__(self, directory, intermediate=False, server_names=("localhost", "127.0.0.1"),
                  ca_days=3650):
-        self.dir = directory
-        os.makedirs(directory, exist_ok=True)
+        super().__init__(directory)
         self.ca_days = ca_days
         self.server_ca, self.server_ca_key = self._ca("server-ca", "Mock EST Server Root CA")
         self.bootstrap_ca, self.bootstrap_ca_key = self._ca("bootstrap-ca", "Mock EST Bootstrap CA")
@@ -221,75 +194,28 @@ class Pki:
         _write(self.path("est-chain.pem"), b"".join(_pem(c) for c in self.est_chain))
         _write(self.path("client-ca-bundle.pem"),
                _pem(self.bootstrap_ca) + b"".join(_pem(c) for c in self.est_chain))
-        if os.path.exists(self.path("server.pem")) and os.path.exists(self.path("server.key.pem")):
-            self.server_cert = self._load_cert("server.pem")
+        if self.has("server"):
+            self.server_cert = self.load("server")[0][0]
         else:
             key = make_key()
-            sans = []
-            for n in server_names:
-                try:
-                    import ipaddress
-                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-                except ValueError:
-                    sans.append(x509.DNSName(n))
             self.server_cert = self.sign(
-                self.server_ca, self.server_ca_key, _name(server_names[0]), key.public_key(),
+                self.server_ca, self.server_ca_key, _name(server_names[0], ORG), key.public_key(),
                 days=self.ca_days - 1, not_before=_now() - datetime.timedelta(days=1),
-                extensions=[(x509.SubjectAlternativeName(sans), False),
-                            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-                            (x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-                             True)])
-            _write(self.path("server.key.pem"), _key_pem(key), private=True)
-            _write(self.path("server.pem"), _pem(self.server_cert))
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
-
-    def _load_cert(self, name):
-        with open(self.path(name), "rb") as f:
-            return x509.load_pem_x509_certificate(f.read())
+                extensions=server_extensions(server_names) + [
+                    (x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)])
+            self.store("server", self.server_cert, key)
 
     def _ca(self, stem, cn, issuer=None):
-        cert_path, key_path = self.path(stem + ".pem"), self.path(stem + ".key.pem")
-        if os.path.exists(cert_path) and os.path.exists(key_path):
-            with open(key_path, "rb") as f:
-                key = serialization.load_pem_private_key(f.read(), None)
-            return self._load_cert(stem + ".pem"), key
+        if self.has(stem):
+            certs, key = self.load(stem)
+            return certs[0], key
         key = make_key()
-        ext = [(x509.BasicConstraints(ca=True, path_length=None), True),
-               (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True)]
-        if issuer is None:
-            cert = self.sign(None, key, _name(cn), key.public_key(), days=self.ca_days, extensions=ext,
-                             not_before=_now() - datetime.timedelta(days=1))
-        else:
-            cert = self.sign(issuer[0], issuer[1], _name(cn), key.public_key(), days=self.ca_days - 1,
-                             extensions=ext, not_before=_now() - datetime.timedelta(days=1))
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, _pem(cert))
+        issuer_cert, issuer_key = issuer or (None, key)
+        days = self.ca_days if issuer is None else self.ca_days - 1
+        cert = self.sign(issuer_cert, issuer_key, _name(cn, ORG), key.public_key(), days=days,
+                         extensions=ca_extensions(), not_before=_now() - datetime.timedelta(days=1))
+        self.store(stem, cert, key)
         return cert, key
-
-    @staticmethod
-    def sign(issuer_cert, issuer_key, subject, public_key, days=None, seconds=None, not_before=None,
-             extensions=(), serial=None):
-        """A cert for `public_key`, signed by issuer (self-signed when issuer_cert is None), with SKI/AKI.
-        notAfter is capped at the issuer's notAfter."""
-        nb = not_before or _now()
-        na = nb + datetime.timedelta(seconds=seconds if seconds is not None else (days or 1) * DAY)
-        if issuer_cert is not None and na > issuer_cert.not_valid_after:
-            na = issuer_cert.not_valid_after
-        b = (x509.CertificateBuilder()
-             .subject_name(subject)
-             .issuer_name(issuer_cert.subject if issuer_cert is not None else subject)
-             .public_key(public_key)
-             .serial_number(serial or x509.random_serial_number())
-             .not_valid_before(nb)
-             .not_valid_after(na))
-        for ext, critical in extensions:
-            b = b.add_extension(ext, critical=critical)
-        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            issuer_key.public_key()), critical=False)
-        return b.sign(issuer_key, hashes.SHA256())
 
     def make_client_cert(self, name=None, cn="client", ca="bootstrap", days=365, seconds=None,
                          not_before=None, key=None, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,)):
@@ -300,21 +226,15 @@ class Pki:
         key = key or make_key()
         if not_before is None:
             not_before = _now() - datetime.timedelta(hours=1)
-        ext = [(x509.BasicConstraints(ca=False, path_length=None), True)]
-        if eku:
-            ext.append((x509.ExtendedKeyUsage(list(eku)), False))
         issuer = {"bootstrap": (self.bootstrap_ca, self.bootstrap_ca_key),
                   "est": (self.est_ca, self.est_ca_key),
                   "server": (self.server_ca, self.server_ca_key),
                   "self": (None, key)}[ca]
         cert = self.sign(issuer[0], issuer[1], _name(cn, org=None), key.public_key(), days=days,
-                         seconds=seconds, not_before=not_before, extensions=ext)
+                         seconds=seconds, not_before=not_before, extensions=leaf_extensions(eku))
         if name is None:
             return cert, key
-        cert_path, key_path = self.path(name + ".pem"), self.path(name + ".key.pem")
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, _pem(cert))
-        return cert_path, key_path
+        return self.store(name, cert, key)
 
     def classify(self, cert):
         """"bootstrap" or "est" by the issuer of a client cert (OpenSSL has verified the chain)."""
@@ -379,12 +299,19 @@ class Request:
         self.tls_error = None
         self.error = None          # an exception inside the mock (answered 500)
         self.status = None
+        self.response = b""        # the body answered
+        self.response_headers = {}  # and the headers besides Content-Type and Content-Length
         self.csr = None            # x509.CertificateSigningRequest
         self.issued = None         # x509.Certificate
         self.__dict__.update(kw)
 
+    @property
+    def route(self):
+        return self.op
+
     def to_json(self):
-        d = {k: v for k, v in self.__dict__.items() if k not in ("client_cert", "csr", "issued", "body")}
+        skip = ("client_cert", "csr", "issued", "body", "response", "response_headers")
+        d = {k: v for k, v in self.__dict__.items() if k not in skip}
         d["body"] = self.body.decode("latin-1")
         d["csr_subject"] = self.csr.subject.rfc4514_string() if self.csr is not None else None
         d["issued_serial"] = self.issued.serial_number if self.issued is not None else None
@@ -399,187 +326,245 @@ class Request:
 # ------------------------------------------------------------------------------------------------
 # Server
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class MockEst(MockServerBase):
+    """The mock EST server; see the module docstring. Attributes settable at runtime:
 
-    def __init__(self, mock, addr):
-        self.mock = mock
-        super().__init__(addr, _Handler)
+    policy (Policy), labels {label: Policy}, strict_labels (unknown labels → 404),
+    delay (seconds before answering), body_mode (one of BODY_MODES), content_type (None: the right one,
+    "": omit), fault_ops (None: delay/body_mode/content_type apply to every op, else a set of ops),
+    enroll_with_chain (append the EST CA chain to enroll responses), drop_connections (close every
+    connection at accept), revoked (serials of client certs refused with 403).
+    Methods: fail(), clear_faults(), down(), up(), make_client_cert(), requests, wait_for_requests()."""
 
-    def server_bind(self):  # HTTPServer's calls getfqdn(), which can stall on DNS
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def finish_request(self, request, client_address):
-        mock = self.mock
-        if mock.drop_connections:
-            mock._log(Request(tls_error="dropped by drop_connections"))
-            request.close()
-            return
-        request.settimeout(mock.io_timeout)
-        if mock.tls:
-            ctx = mock._ctx_client if mock._wants_client_cert() else mock._ctx_plain
-            try:
-                request = ctx.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as e:
-                mock._log(Request(tls_error=f"{type(e).__name__}: {e}"))
-                request.close()
-                return
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            if request is not None and mock.tls:  # the raw socket was detached by wrap_socket
-                try:
-                    request.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                request.close()
-
-    def handle_error(self, request, client_address):
-        pass  # a client going away mid-request is not the server's problem
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    name = "mock-est"
+    request_class = Request
+    BODY_MODES = BODY_MODES
+    CONFIG_KEYS = MockServerBase.CONFIG_KEYS + ("fault_ops", "enroll_with_chain", "strict_labels",
+                                                "request_client_cert", "revoked")
+    SET_CONFIG_KEYS = ("fault_ops",)
+    max_body = None
     server_version = "mock-est/1"
 
-    def log_message(self, fmt, *args):
-        if self.server.mock.verbose:
-            sys.stderr.write("mock-est: " + (fmt % args) + "\n")
+    def __init__(self, directory, port=0, host="127.0.0.1", basic=None, client_cert=False,
+                 validity=30 * DAY, intermediate=False, tls=True, tls_max_version=None,
+                 server_names=("localhost", "127.0.0.1"), log_path=None, verbose=False, **policy_kw):
+        self.pki = Pki(directory, intermediate=intermediate, server_names=server_names)
+        self.tls = tls
+        self.policy = Policy(basic=basic, client_cert=client_cert, validity=validity, **policy_kw)
+        self.labels = {}
+        self.strict_labels = False
+        self.enroll_with_chain = False
+        self.revoked = set()
+        self.request_client_cert = None  # None: when some policy wants one; True/False: always/never
+        super().__init__(directory, port=port, host=host, log_path=log_path, verbose=verbose)
 
-    def do_GET(self):
-        self._guarded()
+        def ctx(verify):
+            c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            c.load_cert_chain(self.pki.path("server.pem"), self.pki.path("server.key.pem"))
+            if tls_max_version == "1.2":
+                c.maximum_version = ssl.TLSVersion.TLSv1_2
+            if verify:
+                c.verify_mode = ssl.CERT_OPTIONAL
+                c.load_verify_locations(self.pki.path("client-ca-bundle.pem"))
+            return c
+        self._ctx_plain = ctx(False)
+        self._ctx_client = ctx(True)
 
-    do_POST = do_PUT = do_DELETE = do_GET
+    # ---- paths and URLs
 
-    def _guarded(self):
-        self.rec = None
-        try:
-            self._handle()
-        except (ConnectionError, TimeoutError, ssl.SSLError):
-            raise
-        except Exception as e:  # a mock bug or an unexpected CSR: a 500 that the log shows
-            if self.rec is not None and self.rec.status is None:
-                self.rec.error = f"{type(e).__name__}: {e}"
-                self._send(500, f"mock-est internal error: {e}\n".encode())
+    est_ca_path = property(lambda self: self.pki.path("est-chain.pem"))
+    bootstrap_ca_path = property(lambda self: self.pki.path("bootstrap-ca.pem"))
+    client_ca_bundle_path = property(lambda self: self.pki.path("client-ca-bundle.pem"))
+
+    @property
+    def url(self):
+        return self.base_url + WELL_KNOWN
+
+    def url_for(self, label=None):
+        return self.url + (f"/{label}" if label else "")
+
+    def make_client_cert(self, name=None, cn="client", ca="bootstrap", **kw):
+        return self.pki.make_client_cert(name, cn=cn, ca=ca, **kw)
+
+    # ---- configuration
+
+    def policy_for(self, label):
+        return self.labels.get(label, self.policy) if label is not None else self.policy
+
+    def set_label(self, label, **kw):
+        """Gives `label` its own Policy: the default one with `kw` changed."""
+        self.labels[label] = self.policy.copy(**kw)
+        return self.labels[label]
+
+    def _wants_client_cert(self):
+        if self.request_client_cert is not None:
+            return self.request_client_cert
+        return self.policy.client_cert or any(p.client_cert for p in self.labels.values())
+
+    # the ops delay/body_mode/content_type apply to: MockServerBase's fault_routes, by EST's name
+    fault_ops = property(lambda self: self.fault_routes, lambda self, ops: setattr(self, "fault_routes", ops))
+
+    def fail(self, status, body=b"", retry_after=None, count=None, ops=None, content_type="text/plain"):
+        """Answer authenticated requests with `status` (+ Retry-After when given): the next `count`
+        ones (None: until clear_faults()), for `ops` (None: all of cacerts/simpleenroll/simplereenroll)."""
+        if isinstance(body, str):
+            body = body.encode()
+        self._failure = dict(status=status, body=body, retry_after=retry_after, count=count,
+                             routes=set(ops) if ops else None, content_type=content_type)
+
+    def apply_config(self, cfg):
+        """Applies a control-channel /config object (ValueError on unknown keys): any of CONFIG_KEYS;
+        "fail": fail() arguments or null; "policy": {Policy fields}; "labels": {label: {fields} or null}."""
+        for k, v in cfg.items():
+            if k == "fail":
+                if v is None:
+                    self._failure = None
+                else:
+                    self.fail(**v)
+            elif k == "policy":
+                self.policy = self.policy.copy(**_policy_changes(v))
+            elif k == "labels":
+                for label, changes in v.items():
+                    if changes is None:
+                        self.labels.pop(label, None)
+                    else:  # changes to the label's policy (a new label starts from the default one)
+                        self.labels[label] = self.policy_for(label).copy(**_policy_changes(changes))
+            elif k == "revoked":
+                self.revoked = set(v)
             else:
-                raise
+                super().apply_config({k: v})
 
-    # ---- plumbing
+    def control(self, method, path, arg):
+        """POST /client-cert {name, cn, ca, days} → {"cert": path, "key": path}."""
+        if method == "POST" and path == "/client-cert":
+            try:
+                cert, key = self.make_client_cert(arg["name"], cn=arg.get("cn", arg["name"]),
+                                                  ca=arg.get("ca", "bootstrap"), days=arg.get("days", 365))
+            except KeyError as e:  # a missing name or an unknown ca: a bad request, not an unknown path
+                raise ValueError(f"bad /client-cert argument: {e}") from None
+            return {"cert": cert, "key": key}
+        raise KeyError(path)
 
-    def _read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = b""
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return out
-                out += self.rfile.read(size)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
+    # ---- issuance
 
-    def _send(self, status, body=b"", content_type="text/plain", headers=()):
-        rec = self.rec
-        rec.status = status
-        mock = self.server.mock
-        mock._log(rec)
-        self.send_response(status)
-        if content_type:
-            self.send_header("Content-Type", content_type)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def _issue(self, csr, policy):
+        ext = leaf_extensions(eku=())
+        has_eku = False
+        for e in csr.extensions:
+            if isinstance(e.value, (x509.SubjectAlternativeName, x509.KeyUsage)):
+                ext.append((e.value, e.critical))
+            elif isinstance(e.value, x509.ExtendedKeyUsage):
+                ext.append((e.value, e.critical))
+                has_eku = True
+        if not has_eku and policy.default_eku:
+            ext.append((x509.ExtendedKeyUsage(list(policy.default_eku)), False))
+        nb = _now() - datetime.timedelta(seconds=policy.backdate)
+        return Pki.sign(self.pki.est_ca, self.pki.est_ca_key, csr.subject, csr.public_key(),
+                        seconds=policy.validity + policy.backdate, not_before=nb, extensions=ext)
+
+    # ---- log
+
+    def http_requests(self, op=None):
+        return super().http_requests(op)
+
+    def wait_for_requests(self, n, timeout=10.0, op=None):
+        """Waits until the log holds ≥ n HTTP requests (of `op` if given); returns them."""
+        return super().wait_for_requests(n, timeout, op)
+
+    @property
+    def issued_certs(self):
+        """Every cert issued so far (x509.Certificate), oldest first."""
+        return [r.issued for r in self.requests if r.issued is not None and r.status == 200]
+
+    # ---- the connection: TLS with OpenSSL verifying the client cert against client-ca-bundle.pem
+
+    def _handshake(self, sock):
+        if not self.tls:
+            return sock, []
+        ctx = self._ctx_client if self._wants_client_cert() else self._ctx_plain
+        sock = ctx.wrap_socket(sock, server_side=True)
+        peer = sock.getpeercert(binary_form=True)
+        return sock, [x509.load_der_x509_certificate(peer)] if peer else []
 
     # ---- the request
 
-    def _handle(self):
-        mock = self.server.mock
-        path = self.path.split("?", 1)[0]
-        rec = self.rec = Request(method=self.command, path=self.path,
-                                 headers={k.lower(): v for k, v in self.headers.items()})
-        rec.body = self._read_body()
-        peer = None
-        if isinstance(self.connection, ssl.SSLSocket):
-            peer = self.connection.getpeercert(binary_form=True)
-        if peer:
-            rec.client_cert = x509.load_der_x509_certificate(peer)
+    def _reply(self, call, status, body=b"", content_type="text/plain", headers=()):
+        self._send(call.handler, call.rec, status, body, content_type, headers)
+
+    def _answer(self, handler, rec):
+        rec.body = handler.read_body()
+        call = Call(self, handler, rec, {}, {})
+        if call.client_cert is not None:
+            rec.client_cert = call.client_cert
             rec.client_cert_subject = rec.client_cert.subject.rfc4514_string()
-            rec.client_cert_source = mock.pki.classify(rec.client_cert)
+            rec.client_cert_source = self.pki.classify(rec.client_cert)
 
         # Route: /.well-known/est[/<label>]/<op>
+        path = handler.path.split("?", 1)[0]
         if not path.startswith(WELL_KNOWN + "/"):
-            return self._send(404, b"not found\n")
+            return self._reply(call, 404, b"not found\n")
         parts = path[len(WELL_KNOWN) + 1:].split("/")
         if len(parts) == 1:
             label, op = None, parts[0]
         elif len(parts) == 2 and parts[0]:
             label, op = parts
         else:
-            return self._send(404, b"not found\n")
+            return self._reply(call, 404, b"not found\n")
         rec.label, rec.op = label, op
         if op in UNSUPPORTED_OPS:
-            return self._send(404, f"{op} is not supported\n".encode())
+            return self._reply(call, 404, f"{op} is not supported\n".encode())
         if op not in OPS:
-            return self._send(404, b"not found\n")
-        if label is not None and label not in mock.labels and mock.strict_labels:
-            return self._send(404, f"unknown label {label}\n".encode())
-        policy = mock.policy_for(label)
+            return self._reply(call, 404, b"not found\n")
+        if label is not None and label not in self.labels and self.strict_labels:
+            return self._reply(call, 404, f"unknown label {label}\n".encode())
+        policy = self.policy_for(label)
         want = "GET" if op == "cacerts" else "POST"
-        if self.command != want:
-            return self._send(405, b"method not allowed\n", headers=[("Allow", want)])
+        if handler.command != want:
+            return self._reply(call, 405, b"method not allowed\n", headers=[("Allow", want)])
 
         # Authentication
         if op != "cacerts" or policy.auth_cacerts:
-            denied = self._authenticate(policy)
-            if denied:
-                return denied()
+            refusal = self._authenticate(call, policy)
+            if refusal:
+                return self._reply(call, *refusal)
         else:
-            self._note_auth(policy)
+            self._note_auth(call, policy)
 
         # Injected faults
-        if mock._fault_applies(op):
-            if mock.delay:
-                mock._stopping.wait(mock.delay)
-        injected = mock._take_failure(op)
-        if injected is not None:
-            status, body, retry_after, ctype = injected
-            hdrs = [("Retry-After", str(retry_after))] if retry_after is not None else []
-            return self._send(status, body, content_type=ctype, headers=hdrs)
+        f = self._injected(op)
+        if f is not None:
+            hdrs = [("Retry-After", str(f["retry_after"]))] if f["retry_after"] is not None else []
+            return self._reply(call, f["status"], f["body"], content_type=f["content_type"], headers=hdrs)
 
         if op == "cacerts":
-            return self._send_certs(list(mock.pki.est_chain), CT_CACERTS, op)
+            return self._send_certs(call, list(self.pki.est_chain), CT_CACERTS, op)
 
         # simpleenroll / simplereenroll
-        ctype = self.headers.get("Content-Type", "")
+        ctype = call.header("Content-Type") or ""
         if ctype.split(";")[0].strip().lower() != "application/pkcs10":
-            return self._send(415, b"Content-Type must be application/pkcs10\n")
+            return self._reply(call, 415, b"Content-Type must be application/pkcs10\n")
         try:
             der = base64.b64decode(b"".join(rec.body.split()), validate=True)
             csr = x509.load_der_x509_csr(der)
         except (binascii.Error, ValueError) as e:
-            return self._send(400, f"invalid CSR: {e}\n".encode())
+            return self._reply(call, 400, f"invalid CSR: {e}\n".encode())
         rec.csr = csr
         if not csr.is_signature_valid:
-            return self._send(400, b"CSR signature does not verify\n")
+            return self._reply(call, 400, b"CSR signature does not verify\n")
         if op == "simplereenroll":
             if rec.client_cert is None:
-                return self._send(403, b"simplereenroll needs the current certificate as TLS client cert\n")
+                return self._reply(call, 403,
+                                   b"simplereenroll needs the current certificate as TLS client cert\n")
             if csr.subject != rec.client_cert.subject:
-                return self._send(400, b"simplereenroll: CSR subject differs from the current certificate\n")
-        rec.issued = mock._issue(csr, policy)
-        certs = [rec.issued] + (list(mock.pki.est_chain) if mock.enroll_with_chain else [])
-        return self._send_certs(certs, CT_CERTS_ONLY, op)
+                return self._reply(call, 400,
+                                   b"simplereenroll: CSR subject differs from the current certificate\n")
+        rec.issued = self._issue(csr, policy)
+        certs = [rec.issued] + (list(self.pki.est_chain) if self.enroll_with_chain else [])
+        return self._send_certs(call, certs, CT_CERTS_ONLY, op)
 
-    def _note_auth(self, policy):
-        rec = self.rec
-        user = self._basic_credentials()
+    def _note_auth(self, call, policy):
+        rec = call.rec
+        user = _basic_credentials(call.header("Authorization") or "")
         if user is not None:
             rec.auth.append("basic")
             rec.username = user[0]
@@ -588,39 +573,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             rec.auth.append("cert")
         return user
 
-    def _basic_credentials(self):
-        h = self.headers.get("Authorization", "")
-        if not h.lower().startswith("basic "):
-            return None
-        try:
-            user, _, pw = base64.b64decode(h[6:].strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return ("", None)
-        return (user, pw)
-
-    def _authenticate(self, policy):
-        """None when the request may proceed, else a function sending the refusal."""
-        user = self._note_auth(policy)
-        rec = self.rec
+    def _authenticate(self, call, policy):
+        """None when the request may proceed, else the refusal: the arguments of _reply() after call."""
+        user = self._note_auth(call, policy)
+        rec = call.rec
         if policy.basic is not None and user != policy.basic:
-            return lambda: self._send(401, b"authentication required\n",
-                                      headers=[("WWW-Authenticate", 'Basic realm="mock-est"')])
+            return (401, b"authentication required\n", "text/plain",
+                    [("WWW-Authenticate", 'Basic realm="mock-est"')])
         if policy.client_cert:
             if rec.client_cert is None:
-                return lambda: self._send(403, b"a TLS client certificate is required\n")
+                return 403, b"a TLS client certificate is required\n"
             if rec.client_cert_source == "bootstrap" and not policy.accept_bootstrap:
-                return lambda: self._send(403, b"bootstrap certificates are not accepted here\n")
+                return 403, b"bootstrap certificates are not accepted here\n"
             if rec.client_cert_source == "est" and not policy.accept_est_issued:
-                return lambda: self._send(403, b"EST-issued certificates are not accepted here\n")
+                return 403, b"EST-issued certificates are not accepted here\n"
             if rec.client_cert_source is None:
-                return lambda: self._send(403, b"client certificate not accepted\n")
-            if rec.client_cert.serial_number in self.server.mock.revoked:
-                return lambda: self._send(403, b"client certificate revoked\n")
+                return 403, b"client certificate not accepted\n"
+            if rec.client_cert.serial_number in self.revoked:
+                return 403, b"client certificate revoked\n"
         return None
 
-    def _send_certs(self, certs, content_type, op):
-        mock = self.server.mock
-        mode = mock.body_mode if mock._fault_applies(op) else "base64"
+    def _send_certs(self, call, certs, content_type, op):
+        mode = self.body_mode if self._fault_applies(op) else "base64"
         if mode not in BODY_MODES:
             raise ValueError(f"bad body_mode {mode!r}")
         der = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
@@ -641,252 +615,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = base64.encodebytes(der).replace(b"\n", b"\r\n")
         else:
             body = base64.encodebytes(der)  # 76-character lines, like most EST servers
-        if mock._fault_applies(op) and mock.content_type is not None:
-            content_type = mock.content_type  # "" → no Content-Type header at all
-        return self._send(200, body, content_type=content_type, headers=headers)
+        if self._fault_applies(op) and self.content_type is not None:
+            content_type = self.content_type  # "" → no Content-Type header at all
+        return self._reply(call, 200, body, content_type=content_type, headers=headers)
 
 
-class MockEst:
-    """The mock EST server; see the module docstring. Attributes settable at runtime:
-
-    policy (Policy), labels {label: Policy}, strict_labels (unknown labels → 404),
-    delay (seconds before answering), body_mode (one of BODY_MODES), content_type (None: the right one,
-    "": omit), fault_ops (None: delay/body_mode/content_type apply to every op, else a set of ops),
-    enroll_with_chain (append the EST CA chain to enroll responses), drop_connections (close every
-    connection at accept), revoked (serials of client certs refused with 403).
-    Methods: fail(), clear_faults(), down(), up(), make_client_cert(), requests, wait_for_requests()."""
-
-    def __init__(self, directory, port=0, host="127.0.0.1", basic=None, client_cert=False,
-                 validity=30 * DAY, intermediate=False, tls=True, tls_max_version=None,
-                 server_names=("localhost", "127.0.0.1"), log_path=None, verbose=False, **policy_kw):
-        self.pki = Pki(directory, intermediate=intermediate, server_names=server_names)
-        self.dir = directory
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.verbose = verbose
-        self.log_path = log_path
-        self.io_timeout = 30.0
-        self.policy = Policy(basic=basic, client_cert=client_cert, validity=validity, **policy_kw)
-        self.labels = {}
-        self.strict_labels = False
-        self.enroll_with_chain = False
-        self.revoked = set()
-        self.request_client_cert = None  # None: when some policy wants one; True/False: always/never
-        self.clear_faults()
-        self._lock = threading.Lock()
-        self._log_entries = []
-        self._log_cond = threading.Condition(self._lock)
-        self._server = None
-        self._thread = None
-        self._control = None
-        self._stopping = threading.Event()
-
-        def ctx(verify):
-            c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            c.load_cert_chain(self.pki.path("server.pem"), self.pki.path("server.key.pem"))
-            if tls_max_version == "1.2":
-                c.maximum_version = ssl.TLSVersion.TLSv1_2
-            if verify:
-                c.verify_mode = ssl.CERT_OPTIONAL
-                c.load_verify_locations(self.pki.path("client-ca-bundle.pem"))
-            return c
-        self._ctx_plain = ctx(False)
-        self._ctx_client = ctx(True)
-
-    # ---- paths and URLs
-
-    server_ca_path = property(lambda self: self.pki.path("server-ca.pem"))
-    est_ca_path = property(lambda self: self.pki.path("est-chain.pem"))
-    bootstrap_ca_path = property(lambda self: self.pki.path("bootstrap-ca.pem"))
-    client_ca_bundle_path = property(lambda self: self.pki.path("client-ca-bundle.pem"))
-
-    @property
-    def base_url(self):
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
-
-    @property
-    def url(self):
-        return self.base_url + WELL_KNOWN
-
-    def url_for(self, label=None):
-        return self.url + (f"/{label}" if label else "")
-
-    def make_client_cert(self, name=None, cn="client", ca="bootstrap", **kw):
-        return self.pki.make_client_cert(name, cn=cn, ca=ca, **kw)
-
-    # ---- lifecycle
-
-    def start(self):
-        self._stopping.clear()
-        self.up()
-        return self
-
-    def up(self):
-        if self._server is not None:
-            return
-        self._server = _Server(self, (self.host, self.port))
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="mock-est", daemon=True)
-        self._thread.start()
-
-    def down(self):
-        """Stop accepting: the port is closed (connection refused) until up()."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            self._thread.join(5)
-
-    def stop(self):
-        self._stopping.set()
-        self.down()
-        ctl, self._control = self._control, None
-        if ctl is not None:
-            ctl.shutdown()
-            ctl.server_close()
-
-    def start_control(self, port=0):
-        """Starts the control channel (see apply_config); returns its URL http://127.0.0.1:PORT."""
-        if self._control is None:
-            self._control = _ControlServer(self, (self.host, port))
-            threading.Thread(target=self._control.serve_forever, kwargs={"poll_interval": 0.05},
-                             name="mock-est-control", daemon=True).start()
-        return f"http://{self.host}:{self._control.server_address[1]}"
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    @property
-    def is_up(self):
-        return self._server is not None
-
-    # ---- configuration
-
-    def policy_for(self, label):
-        return self.labels.get(label, self.policy) if label is not None else self.policy
-
-    def set_label(self, label, **kw):
-        """Gives `label` its own Policy: the default one with `kw` changed."""
-        self.labels[label] = self.policy.copy(**kw)
-        return self.labels[label]
-
-    def _wants_client_cert(self):
-        if self.request_client_cert is not None:
-            return self.request_client_cert
-        return self.policy.client_cert or any(p.client_cert for p in self.labels.values())
-
-    def fail(self, status, body=b"", retry_after=None, count=None, ops=None, content_type="text/plain"):
-        """Answer authenticated requests with `status` (+ Retry-After when given): the next `count`
-        ones (None: until clear_faults()), for `ops` (None: all of cacerts/simpleenroll/simplereenroll)."""
-        if isinstance(body, str):
-            body = body.encode()
-        self._failure = dict(status=status, body=body, retry_after=retry_after, count=count,
-                             ops=set(ops) if ops else None, content_type=content_type)
-
-    def clear_faults(self):
-        self._failure = None
-        self.delay = 0
-        self.body_mode = "base64"
-        self.content_type = None
-        self.fault_ops = None
-        self.drop_connections = False
-
-    def _fault_applies(self, op):
-        return self.fault_ops is None or op in self.fault_ops
-
-    def _take_failure(self, op):
-        with self._lock:
-            f = self._failure
-            if f is None or (f["ops"] is not None and op not in f["ops"]):
-                return None
-            if f["count"] is not None:
-                f["count"] -= 1
-                if f["count"] <= 0:
-                    self._failure = None
-            return f["status"], f["body"], f["retry_after"], f["content_type"]
-
-    # ---- issuance
-
-    def _issue(self, csr, policy):
-        ext = [(x509.BasicConstraints(ca=False, path_length=None), True)]
-        has_eku = False
-        for e in csr.extensions:
-            if isinstance(e.value, (x509.SubjectAlternativeName, x509.KeyUsage)):
-                ext.append((e.value, e.critical))
-            elif isinstance(e.value, x509.ExtendedKeyUsage):
-                ext.append((e.value, e.critical))
-                has_eku = True
-        if not has_eku and policy.default_eku:
-            ext.append((x509.ExtendedKeyUsage(list(policy.default_eku)), False))
-        nb = _now() - datetime.timedelta(seconds=policy.backdate)
-        return Pki.sign(self.pki.est_ca, self.pki.est_ca_key, csr.subject, csr.public_key(),
-                        seconds=policy.validity + policy.backdate, not_before=nb, extensions=ext)
-
-    # ---- log
-
-    def _log(self, rec):
-        with self._log_cond:
-            self._log_entries.append(rec)
-            self._log_cond.notify_all()
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(rec.to_json() + "\n")
-        if self.verbose and rec.tls_error:
-            sys.stderr.write(f"mock-est: connection refused: {rec.tls_error}\n")
-
-    @property
-    def requests(self):
-        """The log: every answered request and every refused connection, oldest first."""
-        with self._lock:
-            return list(self._log_entries)
-
-    def http_requests(self, op=None):
-        return [r for r in self.requests if r.method and (op is None or r.op == op)]
-
-    def tls_errors(self):
-        """Refused/failed connections: TLS handshake failures (an untrusted/expired client cert, or the
-        client refusing the server cert) and drop_connections."""
-        return [r.tls_error for r in self.requests if r.method is None]
-
-    @property
-    def issued_certs(self):
-        """Every cert issued so far (x509.Certificate), oldest first."""
-        return [r.issued for r in self.requests if r.issued is not None and r.status == 200]
-
-    def clear_log(self):
-        with self._lock:
-            self._log_entries.clear()
-
-    def wait_for_requests(self, n, timeout=10.0, op=None):
-        """Waits until the log holds ≥ n HTTP requests (of `op` if given); returns them."""
-        deadline = time.monotonic() + timeout
-        with self._log_cond:
-            while True:
-                got = [r for r in self._log_entries if r.method and (op is None or r.op == op)]
-                if len(got) >= n:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{len(got)} of {n} EST requests after {timeout} s")
-                self._log_cond.wait(left)
+def _basic_credentials(authorization):
+    """(user, password) of a Basic Authorization value, ("", None) when it does not decode, None when
+    it is not Basic."""
+    if not authorization.lower().startswith("basic "):
+        return None
+    try:
+        user, _, pw = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", None)
+    return (user, pw)
 
 
 # ------------------------------------------------------------------------------------------------
 # Control channel: the runtime switches of a mock run as a process (plain HTTP on 127.0.0.1, its own
-# port, untouched by the faults).
+# port, untouched by the faults; MockServerBase.start_control).
 #   GET  /requests                   the log, JSON (Request.to_json objects)
 #   POST /config   {...}             any of CONFIG_KEYS; "fail": {status, body, retry_after, count, ops}
 #                                    or null; "policy": {Policy fields}; "labels": {label: {fields}}
+#   POST /fail {...}                 fail() arguments
 #   POST /clear-faults, /clear-log, /down, /up
 #   POST /client-cert {name, cn, ca, days}  → {"cert": path, "key": path}
 
-CONFIG_KEYS = ("delay", "body_mode", "content_type", "fault_ops", "drop_connections", "enroll_with_chain",
-               "strict_labels", "request_client_cert", "revoked")
+CONFIG_KEYS = MockEst.CONFIG_KEYS
 POLICY_KEYS = ("basic", "client_cert", "accept_bootstrap", "accept_est_issued", "auth_cacerts", "validity",
                "backdate")
 
@@ -906,97 +662,14 @@ def _policy_changes(d):
 
 def apply_config(mock, cfg):
     """Applies a control-channel /config object to `mock` (ValueError on unknown keys)."""
-    for k, v in cfg.items():
-        if k in CONFIG_KEYS:
-            if k == "fault_ops" and v is not None:
-                v = set(v)
-            if k == "revoked":
-                v = set(v)
-            if k == "body_mode" and v not in BODY_MODES:
-                raise ValueError(f"body_mode must be one of {BODY_MODES}")
-            setattr(mock, k, v)
-        elif k == "fail":
-            if v is None:
-                mock._failure = None
-            else:
-                mock.fail(**v)
-        elif k == "policy":
-            mock.policy = mock.policy.copy(**_policy_changes(v))
-        elif k == "labels":
-            for label, changes in v.items():
-                if changes is None:
-                    mock.labels.pop(label, None)
-                else:  # changes to the label's policy (a new label starts from the default one)
-                    mock.labels[label] = mock.policy_for(label).copy(**_policy_changes(changes))
-        else:
-            raise ValueError(f"unknown config key {k!r}")
-
-
-class _ControlHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        pass
-
-    def _reply(self, status, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/requests":
-            return self._reply(200, [json.loads(r.to_json()) for r in self.server.mock.requests])
-        self._reply(404, {"error": "not found"})
-
-    def do_POST(self):
-        mock = self.server.mock
-        n = int(self.headers.get("Content-Length") or 0)
-        try:
-            arg = json.loads(self.rfile.read(n) or b"{}")
-            if self.path == "/config":
-                apply_config(mock, arg)
-            elif self.path == "/clear-faults":
-                mock.clear_faults()
-            elif self.path == "/clear-log":
-                mock.clear_log()
-            elif self.path == "/down":
-                mock.down()
-            elif self.path == "/up":
-                mock.up()
-            elif self.path == "/client-cert":
-                cert, key = mock.make_client_cert(arg["name"], cn=arg.get("cn", arg["name"]),
-                                                  ca=arg.get("ca", "bootstrap"), days=arg.get("days", 365))
-                return self._reply(200, {"cert": cert, "key": key})
-            else:
-                return self._reply(404, {"error": "not found"})
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            return self._reply(400, {"error": f"{type(e).__name__}: {e}"})
-        self._reply(200, {"up": mock.is_up})
-
-
-class _ControlServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-    def __init__(self, mock, addr):
-        self.mock = mock
-        super().__init__(addr, _ControlHandler)
-
-    def server_bind(self):
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+    mock.apply_config(cfg)
 
 
 # ------------------------------------------------------------------------------------------------
 # CLI
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Mock EST server (RFC 7030) for the certd tests.")
-    ap.add_argument("--dir", required=True, help="PKI directory (generated if empty)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0: ephemeral")
+    ap = script_parser("Mock EST server (RFC 7030) for the certd tests.")
     ap.add_argument("--basic", metavar="USER:PASS", help="require HTTP Basic auth")
     ap.add_argument("--client-cert-auth", action="store_true", help="require a TLS client cert")
     ap.add_argument("--no-bootstrap", action="store_true", help="refuse bootstrap-CA client certs (403)")
@@ -1021,10 +694,7 @@ def main(argv=None):
     ap.add_argument("--content-type", help="response Content-Type ('' to omit)")
     ap.add_argument("--fault-ops", help="comma-separated ops delay/body-mode/content-type apply to")
     ap.add_argument("--drop-connections", action="store_true")
-    ap.add_argument("--control", action="store_true", help="start the control channel (CONTROL_URL)")
-    ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--log", help="JSON-lines request log (default DIR/requests.jsonl)")
-    ap.add_argument("--verbose", action="store_true")
+    add_script_options(ap, "requests.jsonl")
     a = ap.parse_args(argv)
 
     basic = tuple(a.basic.split(":", 1)) if a.basic else None
@@ -1071,29 +741,16 @@ def main(argv=None):
         name, _, cn = spec.partition(":")
         boots.append((name, est.make_client_cert(name, cn=cn or name)))
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=est.down).start())
-    signal.signal(signal.SIGUSR2, lambda *_: threading.Thread(target=est.up).start())
-    est.start()
-    print(f"URL={est.url}")
-    print(f"PORT={est.port}")
-    print(f"SERVER_CA={est.server_ca_path}")
-    print(f"EST_CA={est.est_ca_path}")
-    print(f"BOOTSTRAP_CA={est.bootstrap_ca_path}")
-    print(f"BOOTSTRAP_CA_KEY={est.pki.path('bootstrap-ca.key.pem')}")
-    print(f"LOG={est.log_path}")
-    if a.control:
-        print(f"CONTROL_URL={est.start_control(a.control_port)}")
-    for name, (cert, key) in boots:
-        print(f"BOOTSTRAP_CERT_{name}={cert}")
-        print(f"BOOTSTRAP_KEY_{name}={key}")
-    print("READY", flush=True)
-    while not stop.wait(0.2):
-        pass
-    est.stop()
-    return 0
+    def lines():
+        out = [f"URL={est.url}", f"PORT={est.port}", f"SERVER_CA={est.server_ca_path}",
+               f"EST_CA={est.est_ca_path}", f"BOOTSTRAP_CA={est.bootstrap_ca_path}",
+               f"BOOTSTRAP_CA_KEY={est.pki.path('bootstrap-ca.key.pem')}", f"LOG={est.log_path}"]
+        if a.control:
+            out.append(f"CONTROL_URL={est.start_control(a.control_port)}")
+        for name, (cert, key) in boots:
+            out += [f"BOOTSTRAP_CERT_{name}={cert}", f"BOOTSTRAP_KEY_{name}={key}"]
+        return out
+    return run_script_servers([est], lines)
 
 
 if __name__ == "__main__":

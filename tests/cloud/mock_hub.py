@@ -43,7 +43,6 @@ prints KEY=VALUE lines (URL, PORT, HOSTNAME, SERVER_CA, DEVICE_KEY_<id>, CONTROL
 READY; SIGUSR1 takes it down, SIGUSR2 up; SIGTERM stops it.
 """
 
-import argparse
 import base64
 import binascii
 import os
@@ -54,9 +53,9 @@ import threading
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mock_cloud import (MockServer, Refusal, SasResult, check_sas, common_name, load_certs,  # noqa: E402
-                        module_keys, normalize_thumbprint, random_key, run_script_servers, thumbprints,
-                        utc_iso, verify_chain)
+from mock_cloud import (MockServer, Refusal, SasResult, add_script_options, check_sas,  # noqa: E402
+                        common_name, load_certs, module_keys, normalize_thumbprint, random_key,
+                        run_script_servers, script_parser, thumbprints, utc_iso, verify_chain)
 
 __all__ = ["MockHub", "Registry", "Device", "Module", "API_VERSION"]
 
@@ -536,17 +535,11 @@ def apply_device_args(registry, a):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Mock Azure IoT Hub registry for the identityd tests.")
-    ap.add_argument("--dir", required=True, help="PKI directory (generated if empty)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0: ephemeral")
+    ap = script_parser("Mock Azure IoT Hub registry for the identityd tests.")
     ap.add_argument("--hostname", help="the hub name in SAS audiences (default localhost:PORT)")
     add_device_args(ap)
     ap.add_argument("--put-replaces", action="store_true", help="PUT on an existing module replaces it")
-    ap.add_argument("--control", action="store_true", help="start the control channel (CONTROL_URL)")
-    ap.add_argument("--control-port", type=int, default=0)
-    ap.add_argument("--log", help="JSON-lines request log (default DIR/hub-requests.jsonl)")
-    ap.add_argument("--verbose", action="store_true")
+    add_script_options(ap, "hub-requests.jsonl")
     a = ap.parse_args(argv)
 
     hub = MockHub(a.dir, hostname=a.hostname, port=a.port, host=a.host, verbose=a.verbose,
