@@ -174,6 +174,7 @@ struct IdentityCloudCall {
         bool sas_registration;
         unsigned timeout_sec, retries;
         unsigned attempts, throttled;
+        uint64_t retry_after_sec; /* of the answer being delivered */
         IdentityCloudDone done;
         void *userdata;
 };
@@ -272,6 +273,7 @@ static void on_response(HttpRequest *request, int error, const char *message,
 
         c->request = NULL;
         c->attempts++;
+        c->retry_after_sec = response ? response->retry_after_sec : 0;
         if (error < 0) {
                 if (c->attempts <= c->retries && retry_after(c, IDENTITY_RETRY_DELAY_USEC))
                         return;
@@ -440,6 +442,11 @@ int identity_cloud_request(HttpClient *http, sd_event *event, const IdentityClou
         if (ret)
                 *ret = c;
         return 0;
+}
+
+uint64_t identity_cloud_call_retry_after(const IdentityCloudCall *call)
+{
+        return call ? call->retry_after_sec : 0;
 }
 
 const char *identity_json_string(JsonObject *o, const char *member)

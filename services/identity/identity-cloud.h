@@ -95,6 +95,9 @@ int identity_cloud_request(HttpClient *http, sd_event *event, const IdentityClou
                            IdentityCloudDone done, void *userdata, IdentityCloudCall **ret);
 void identity_cloud_call_cancel(IdentityCloudCall *call);
 
+/* During the done callback: the answer's Retry-After in seconds, 0 when it had none. */
+uint64_t identity_cloud_call_retry_after(const IdentityCloudCall *call);
+
 /* The 429 back-off before attempt n + 1 (n 0-based), jitter included, in microseconds;
  * UINT64_MAX after the last. retry_after_sec (0: none) shortens it. */
 uint64_t identity_cloud_backoff_usec(unsigned n, uint64_t retry_after_sec);

@@ -141,6 +141,16 @@ static void describe_error(long status, JsonNode *json, char *buf, size_t size)
 
 static void on_poll_timer_done(IdentityDps *d);
 
+/* Before the next status poll: what DPS asks (Retry-After, 1 to 60 s), else upstream's 5 s. */
+static uint64_t poll_delay(const IdentityCloudCall *call)
+{
+        uint64_t s = identity_cloud_call_retry_after(call);
+
+        if (s == 0)
+                return IDENTITY_DPS_POLL_USEC;
+        return CLAMP(s, (uint64_t)1, (uint64_t)60) * USEC_PER_SEC;
+}
+
 static int on_poll_timer(sd_event_source *s, uint64_t usec, void *userdata)
 {
         IdentityDps *d = userdata;
@@ -222,6 +232,7 @@ static void on_status(int error, const char *message, bool network, long status,
         JsonObject *state;
         const char *st, *hub, *device_id, *auth_key;
         char text[MESSAGE_MAX];
+        uint64_t delay = poll_delay(d->call);
 
         d->call = NULL;
         if (error < 0) {
@@ -241,7 +252,7 @@ static void on_status(int error, const char *message, bool network, long status,
                         : NULL;
         if (st && streq(st, "assigning") && state &&
             identity_json_string(state, "registrationId")) {
-                schedule_poll(d, IDENTITY_DPS_POLL_USEC);
+                schedule_poll(d, delay);
                 return;
         }
         if (st && streq(st, "failed") && state) {
@@ -308,6 +319,7 @@ static void on_register(int error, const char *message, bool network, long statu
         JsonObject *o = json && JSON_NODE_HOLDS_OBJECT(json) ? json_node_get_object(json) : NULL;
         const char *op, *auth_key;
         char text[MESSAGE_MAX];
+        uint64_t delay = poll_delay(d->call);
         int r;
 
         d->call = NULL;
@@ -351,7 +363,7 @@ static void on_register(int error, const char *message, bool network, long statu
                 dps_fail(d, -ENOMEM, false, "out of memory");
                 return;
         }
-        schedule_poll(d, IDENTITY_DPS_POLL_USEC);
+        schedule_poll(d, delay);
 }
 
 static JsonNode *register_body(IdentityDps *d, const TpmKeys *tpm)

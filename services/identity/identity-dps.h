@@ -5,7 +5,7 @@
  * signed by keyd), X.509 (the identity certificate as TLS client certificate, its key in keyd)
  * and TPM (the authentication key DPS sends imported into the TPM through tpmd, SAS signed by
  * tpmd). PUT …/register, then GET …/operations/<id> until the registration is assigned or failed:
- * after Retry-After when DPS sends one, else every 5 s as upstream. A trust bundle in the
+ * after the Retry-After DPS sends (1 to 60 s; upstream ignores it), else every 5 s as upstream. A trust bundle in the
  * registration state (cloud-protocols.md §3.8) is stored in certd as "aziot-dps-trust-bundle". */
 
 #include <stdbool.h>

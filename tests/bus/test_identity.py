@@ -329,6 +329,10 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         self.assertTrue(register[0].path.startswith(f"/{self.SCOPE}/registrations/dev1/register"))
         self.assertEqual(json.loads(register[0].body)["payload"], {"site": "north"})
         self.assertNotIn("user-agent", register[0].headers)
+        # Polled after DPS's Retry-After (1 s here), not upstream's fixed 5 s.
+        status = self.dps.http_requests("operation-status")
+        self.assertGreaterEqual(len(status), 1)
+        self.assertLess(status[0].time - register[0].time, 3)
         # The backup, as upstream writes it.
         self.assertEqual(self.device_info(),
                          f'hub_name = "{self.hub.hostname}"\ndevice_id = "dev1"\n')
@@ -359,6 +363,17 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         verdict = self.hub.verify_token(
             self.device_token(dict(device, keyHandle=group_handle), "dev-grp"), "dev-grp")
         self.assertFalse(verdict)
+
+    def test_polls_every_5_s_without_retry_after(self):
+        self.dps.retry_after = None
+        try:
+            self.start_identityd(self.dps_config(self.symmetric()))
+            self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned")
+        finally:
+            self.dps.retry_after = 1
+        register = self.dps.http_requests("register")[0]
+        status = self.dps.http_requests("operation-status")[0]
+        self.assertGreaterEqual(status.time - register.time, 4.9)
 
     def test_restart_uses_the_backup_without_dps(self):
         self.start_identityd(self.dps_config(self.symmetric()))

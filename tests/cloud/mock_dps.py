@@ -19,6 +19,7 @@ upstream's own mock lacks); upstream-api.md §4.6 for the provisioning modes.
         dps.registration("dev1")             the DPS's record of the registration (after assignment)
         dps.fail(429, retry_after=5, count=1) / dps.fail(500) / dps.body_mode = "garbage" /
         dps.content_type = "text/html" / dps.delay = 5 / dps.down(); dps.up() / dps.requests
+        dps.retry_after = 1 (default) / None     Retry-After of "assigning" answers (202)
 
 Flows (spec §3.3, §3.4):
     PUT /{scope}/registrations/{rid}/register?api-version=2021-06-01      route "register"
@@ -192,7 +193,8 @@ class MockDps(MockServer):
         ("GET", rf"/(?P<scope>{_ID})/devices/(?P<rid>{_ID})/certificates/(?P<cid>{_ID})",
          "issued-certificate", "_issued_certificate"),
     )
-    CONFIG_KEYS = MockServer.CONFIG_KEYS + ("check_expiry_on_status", "x509_cn_must_match", "issue_polls")
+    CONFIG_KEYS = MockServer.CONFIG_KEYS + ("check_expiry_on_status", "x509_cn_must_match", "issue_polls",
+                                            "retry_after")
     CODES = {400: 400000, 401: 401002, 404: 404000, 405: 405000, 409: 409000, 412: 412000, 413: 413000,
              415: 415000, 429: 429001, 500: 500000, 503: 503000}
 
@@ -209,6 +211,9 @@ class MockDps(MockServer):
         self.check_expiry_on_status = False
         self.x509_cn_must_match = True
         self.issue_polls = 0
+        # The Retry-After of "assigning" answers (202): the real service sends one (3 s); the mock's
+        # is shorter. None: no header.
+        self.retry_after = 1
         self._tpm_challenges = {}     # lower-cased registration id -> (hmac key, ek, srk)
         self._issue_ops = {}
         self._issued = {}
@@ -337,7 +342,10 @@ class MockDps(MockServer):
                            tpm=tpm[1:] if tpm else None)
             self.operations[op.id] = op
         rec.operation_id = op.id
-        return 202, {"operationId": op.id, "status": "assigning"}, []
+        return 202, {"operationId": op.id, "status": "assigning"}, self._retry_after_headers()
+
+    def _retry_after_headers(self):
+        return [("Retry-After", str(self.retry_after))] if self.retry_after is not None else []
 
     def _authenticate_sas(self, call, token, audience, rid):
         """(enrollment, keys) whose key signed the token; 401 otherwise."""
@@ -479,7 +487,8 @@ class MockDps(MockServer):
             if op.polls_left > 0:
                 op.polls_left -= 1
                 return 202, {"operationId": op.id, "status": "assigning",
-                             "registrationState": {"registrationId": rid, "status": "assigning"}}, []
+                             "registrationState": {"registrationId": rid, "status": "assigning"}}, \
+                    self._retry_after_headers()
             if op.result is None:
                 op.result = self._finish(op)
             return 200, copy.deepcopy(op.result), []
