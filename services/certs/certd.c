@@ -86,7 +86,6 @@ static void manager_reload_config(void *userdata)
         _cleanup_(certs_config_done) CertsConfig c = {};
         Manager *m = userdata;
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         /* The home stays as it is until a restart. */
@@ -94,9 +93,7 @@ static void manager_reload_config(void *userdata)
         if (r >= 0)
                 r = manager_apply(m, &c, &err);
         if (r < 0) {
-                log_warning("Keeping the previous configuration: %s",
-                            config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_WARNING, "Keeping the previous configuration");
                 return;
         }
         log_info("Configuration reloaded: %zu principal(s).", m->principals.n);
@@ -107,13 +104,11 @@ static int manager_load_config(Manager *m)
         _cleanup_(certs_config_done) CertsConfig c = {};
         _cleanup_free_ char *main_path = NULL, *dir = NULL;
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         r = certs_config_load(&c, &err);
         if (r < 0) {
-                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
         r = certs_store_new(c.homedir, &m->store);
@@ -122,8 +117,7 @@ static int manager_load_config(Manager *m)
                                        c.homedir);
         r = manager_apply(m, &c, &err);
         if (r < 0) {
-                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
 

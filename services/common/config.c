@@ -70,6 +70,14 @@ static void config_error_set(ConfigError *e, const char *path, unsigned line, un
         va_end(ap);
 }
 
+void config_error_log(ConfigError *e, int level, const char *what)
+{
+        char buf[1024];
+
+        log_full(level, "%s: %s", what, config_error_format(e, buf, sizeof(buf)));
+        config_error_done(e);
+}
+
 const char *config_error_format(const ConfigError *e, char *buf, size_t size)
 {
         if (e->path && e->line > 0)

@@ -17,6 +17,9 @@ typedef struct ConfigError {
 } ConfigError;
 
 void config_error_done(ConfigError *e);
+
+/* Logs "<what>: <e formatted>" at level (LOG_ERR, LOG_WARNING) and empties e. */
+void config_error_log(ConfigError *e, int level, const char *what);
 /* "path:line:column: message" (or shorter forms when parts are unknown) into buf. */
 const char *config_error_format(const ConfigError *e, char *buf, size_t size);
 

@@ -429,9 +429,10 @@ static int method_create_module(sd_bus_message *msg, void *userdata, sd_bus_erro
         return identity_modules_create(m, msg, id, error);
 }
 
-static int method_update_module(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+/* Update and delete: a module id, IDENTITY_OP_MANAGE, then the IoT Hub call. */
+static int module_method(sd_bus_message *msg, Manager *m, sd_bus_error *error,
+                         int (*act)(Manager *, sd_bus_message *, const char *, sd_bus_error *))
 {
-        Manager *m = userdata;
         const char *type, *id;
         int r;
 
@@ -441,22 +442,17 @@ static int method_update_module(sd_bus_message *msg, void *userdata, sd_bus_erro
         r = identity_authorize(m, msg, IDENTITY_OP_MANAGE, NULL, NULL, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
-        return identity_modules_update(m, msg, id, error);
+        return act(m, msg, id, error);
+}
+
+static int method_update_module(sd_bus_message *msg, void *userdata, sd_bus_error *error)
+{
+        return module_method(msg, userdata, error, identity_modules_update);
 }
 
 static int method_delete_module(sd_bus_message *msg, void *userdata, sd_bus_error *error)
 {
-        Manager *m = userdata;
-        const char *type, *id;
-        int r;
-
-        r = read_type_and_id(msg, false, &type, &id, error);
-        if (r < 0)
-                return r;
-        r = identity_authorize(m, msg, IDENTITY_OP_MANAGE, NULL, NULL, error);
-        if (r <= 0)
-                return r < 0 ? r : 1;
-        return identity_modules_delete(m, msg, id, error);
+        return module_method(msg, userdata, error, identity_modules_delete);
 }
 
 static const sd_bus_vtable identity_vtable[] = {

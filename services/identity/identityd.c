@@ -68,14 +68,11 @@ static void manager_reload_config(void *userdata)
         _cleanup_(identity_config_done) IdentityConfig c = {};
         Manager *m = userdata;
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         r = identity_config_load(&c, &err);
         if (r < 0) {
-                log_warning("Keeping the previous configuration: %s",
-                            config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_WARNING, "Keeping the previous configuration");
                 return;
         }
         identity_config_done(&m->config);
@@ -93,7 +90,6 @@ static int manager_new(Manager **ret)
         _cleanup_(manager_freep) Manager *m = NULL;
         _cleanup_free_ char *main_path = NULL, *dir = NULL;
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         m = calloc(1, sizeof(*m));
@@ -102,8 +98,7 @@ static int manager_new(Manager **ret)
         m->gateway_uid = service_gateway_uid();
         r = identity_config_load(&m->config, &err);
         if (r < 0) {
-                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
         r = mkdir_parents(m->config.homedir, 0700);

@@ -64,15 +64,12 @@ static void manager_reload_config(void *userdata)
         Manager *m = userdata;
         KeysConfig c = {};
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         /* Only principals are reloaded, as upstream does: the store keeps its parameters. */
         r = keys_config_load(&c, &err);
         if (r < 0) {
-                log_warning("Keeping the previous configuration: %s",
-                            config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_WARNING, "Keeping the previous configuration");
                 return;
         }
         principal_set_done(&m->principals);
@@ -87,13 +84,11 @@ static int manager_load_config(Manager *m)
         _cleanup_(keys_config_done) KeysConfig c = {};
         _cleanup_free_ char *main_path = NULL, *dir = NULL;
         ConfigError err = {};
-        char buf[1024];
         int r;
 
         r = keys_config_load(&c, &err);
         if (r < 0) {
-                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
 

@@ -39,7 +39,6 @@ static int manager_new(Manager **ret)
         _cleanup_(manager_freep) Manager *m = NULL;
         ConfigError err = {};
         TpmDevice *device = NULL;
-        char buf[1024];
         int r;
 
         m = calloc(1, sizeof(*m));
@@ -48,8 +47,7 @@ static int manager_new(Manager **ret)
         m->gateway_uid = service_gateway_uid();
         r = tpm_config_load(&m->config, &err);
         if (r < 0) {
-                log_error("Invalid configuration: %s", config_error_format(&err, buf, sizeof(buf)));
-                config_error_done(&err);
+                config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
         r = service_event_new(&m->event);
