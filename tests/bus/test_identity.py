@@ -704,6 +704,64 @@ class DpsX509RenewalTest(X509TestCase):
         self.assertEqual(self.call("GetDeviceIdentity")["certId"], "device-id")
 
 
+class DpsX509EstTest(IdentityTestCase):
+    """DPS X.509 with the device identity certificate that certd gets from an EST server (the mock
+    EST, Basic auth): DPS trusts the EST CA for the enrollment group."""
+
+    BASIC = ("device", "est-pass")
+
+    @classmethod
+    def start_certd(cls):
+        import mock_est
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+        cls.est = mock_est.MockEst(os.path.join(cls.run_dir, "est"), basic=cls.BASIC,
+                                   default_eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+        cls.est.start()
+        certd_dir = os.path.join(cls.run_dir, "certd")
+        os.makedirs(os.path.join(certd_dir, "config.d"))
+        with open(os.path.join(certd_dir, "config.toml"), "w") as f:
+            f.write(f'homedir_path = "{certd_dir}/home"\n\n'
+                    f'[preloaded_certs]\nest-server-ca = "file://{cls.est.server_ca_path}"\n\n'
+                    '[cert_issuance.est]\ntrusted_certs = ["est-server-ca"]\n'
+                    f'username = "{cls.BASIC[0]}"\npassword = "{cls.BASIC[1]}"\n'
+                    f'[cert_issuance.est.urls]\ndefault = "{cls.est.url}"\n\n'
+                    '[cert_issuance.device-id]\nmethod = "est"\n')
+        cls.stack.start_process(
+            "certd", [CERTD, "--idle-timeout=0"],
+            env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
+                 "AZIOT_CERTD_CONFIG_DIR": os.path.join(certd_dir, "config.d"),
+                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
+            wait_bus_name=CERTS_NAME)
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "est", None):
+            cls.est.stop()
+        super().tearDownClass()
+
+    def test_identity_certificate_from_est_then_registered(self):
+        with open(self.est.est_ca_path) as f:
+            end = "-----END CERTIFICATE-----"
+            est_ca = [x509.load_pem_x509_certificate((b + end).encode())
+                      for b in f.read().split(end) if "BEGIN CERTIFICATE" in b]
+        self.dps.add_x509_group("est-group", ca=est_ca)
+        self.start_identityd(self.dps_config(
+            'method = "x509"\nregistration_id = "dev-est"\nidentity_cert = "device-id"\n'
+            'identity_pk = "device-id"\n'))
+        self.assertEqual(self.wait_state("provisioned", "failed"), "provisioned",
+                         self.identityd.log()[-3000:])
+        device = self.call("GetDeviceIdentity")
+        self.assertEqual((device["deviceId"], device["authType"]), ("dev-est", "x509"))
+        # The certificate came from the EST server, for the CSR identityd made.
+        enroll = self.est.http_requests("simpleenroll")
+        self.assertEqual(len(enroll), 1)
+        self.assertEqual(enroll[0].username, self.BASIC[0])
+        self.assertEqual(enroll[0].csr.subject.rfc4514_string(), "CN=dev-est")
+        register = self.dps.http_requests("register")[-1]
+        self.assertEqual(register.client_cert.serial_number, enroll[0].issued.serial_number)
+        self.assertEqual(register.client_cert.issuer, est_ca[0].subject)
+
+
 class DpsTpmTest(IdentityTestCase):
     TPM = True
 
