@@ -428,6 +428,34 @@ class DpsSymmetricKeyTest(IdentityTestCase):
         del failing
         self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
 
+    def test_hanging_status_poll_times_out_and_keeps_the_backup(self):
+        # DPS status polls are bounded by 30 s and not retried (cloud-protocols §1): a DPS that
+        # accepts the registration and then never answers fails the reprovision cleanly.
+        self.start_identityd(self.dps_config(self.symmetric()))
+        self.wait_state("provisioned")
+        backup = self.device_info()
+        self.dps.fault_routes = {"operation-status"}
+        self.dps.delay = 600
+        started = time.monotonic()
+        try:
+            with self.assertRaises(dbus.DBusException) as cm:
+                self.conn.call_blocking(ID_NAME, ID_PATH, ID_IFACE, "ReprovisionDevice", "a{sv}",
+                                        [{}], timeout=90)
+        finally:
+            self.dps.clear_faults()
+        elapsed = time.monotonic() - started
+        self.assertEqual(cm.exception.get_dbus_name(), ERR + "CloudError")
+        self.assertIn("timed out", cm.exception.get_dbus_message())
+        # The register answer's Retry-After (1 s) plus one 30 s poll timeout: a retry would add
+        # another 3 s sleep and 30 s.
+        self.assertGreaterEqual(elapsed, 30.0)
+        self.assertLess(elapsed, 60.0)
+        self.assertIn("timed out", self.identityd.log())
+        self.assertTrue(self.identityd.alive())
+        self.assertEqual(self.device_info(), backup)
+        self.assertEqual(self.state(), "provisioned")
+        self.assertEqual(self.call("GetDeviceIdentity")["deviceId"], "dev1")
+
     def test_assignment_failure_is_reported(self):
         self.dps.add_symmetric_key("dev-fails", primary_key=self.enrollment.primary_key,
                                    outcome="failed",
