@@ -18,28 +18,14 @@ AZIOT_CERTD, AZIOT_TPMD, AZIOT_PROVIDER_DIR.
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.parse
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-
-
-def _binary(env, *path):
-    return os.environ.get(env) or os.path.join(BUILD_DIR, *path)
-
-
-IDENTITYD = _binary("AZIOT_IDENTITYD", "services", "identity", "aziot-identityd")
-KEYD = _binary("AZIOT_KEYD", "services", "keys", "aziot-keyd")
-CERTD = _binary("AZIOT_CERTD", "services", "certs", "aziot-certd")
-TPMD = _binary("AZIOT_TPMD", "services", "tpm", "aziot-tpmd")
-PROVIDER_DIR = os.environ.get("AZIOT_PROVIDER_DIR") or os.path.join(BUILD_DIR, "provider")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
@@ -47,20 +33,18 @@ import aziot_harness  # noqa: E402
 import aziot_tpm  # noqa: E402
 import mock_dps  # noqa: E402
 import mock_hub  # noqa: E402
+from aziot_identity_suite import CALL_TIMEOUT, CERTS_NAME, ERR, ID_IFACE, ID_NAME, ID_PATH, \
+    KEYS_IFACE, KEYS_NAME, KEYS_PATH, PROVIDER_DIR, TPMD, IdentityBusTestCase, \
+    keyd_sign  # noqa: E402
 from aziot_proxy import ConnectProxy  # noqa: E402
 
 import dbus  # noqa: E402
 from cryptography import x509  # noqa: E402
 
-ID_NAME, ID_PATH, ID_IFACE = "org.aziot.Identity1", "/org/aziot/Identity1", "org.aziot.Identity1"
-KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
-CERTS_NAME = "org.aziot.Certificates1"
 TPM_NAME = "org.aziot.Tpm1"
-ERR = "org.aziot.Identity1.Error."
 ID_GROUP = "aziotid"
 USER_A, USER_B = aziot_harness.TEST_USERS
 PYTHON = "/usr/bin/python3"
-CALL_TIMEOUT = 30
 PROVISION_TIMEOUT = 40
 
 USER_CALL = r'''
@@ -87,138 +71,62 @@ def sas_encode(s):
     return urllib.parse.quote(s, safe="/:%+&!$'()*,;@")
 
 
-class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+class IdentityTestCase(IdentityBusTestCase):
     """One stack, mock DPS + IoT Hub (one registry), keyd and certd per class; identityd (and its
     home) per test."""
 
+    RUN_DIR_PREFIX = "aziot-idprov-"
     SCOPE = "0ne00000A1"
     TPM = False
+    swtpm = None
 
     @classmethod
-    def setUpClass(cls):
-        for path in (IDENTITYD, KEYD, CERTD) + ((TPMD,) if cls.TPM else ()):
-            if not os.access(path, os.X_OK):
-                raise unittest.SkipTest(f"{path} is not built")
+    def start_class(cls):
         aziot_harness.ensure_test_users()
         aziot_harness.ensure_group(ID_GROUP)
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-idprov-")
-        os.chmod(cls.run_dir, 0o755)
-        cls.serial = 0
         cls.hub = mock_hub.MockHub(os.path.join(cls.run_dir, "hub"))
         cls.dps = mock_dps.MockDps(os.path.join(cls.run_dir, "dps"), id_scope=cls.SCOPE,
                                    hub=cls.hub)
-        cls.swtpm = None
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
-        try:
-            cls.hub.start()
-            cls.dps.start()
-            cls.ca_bundle = os.path.join(cls.run_dir, "cloud-ca.pem")
-            with open(cls.ca_bundle, "w") as out:
-                for path in (cls.hub.server_ca_path, cls.dps.server_ca_path):
-                    with open(path) as f:
-                        out.write(f.read())
-            cls.enrollment = cls.dps.add_symmetric_key("dev1")
-            cls.group = cls.dps.add_symmetric_key_group("grp")
-            cls.stack.start()
-            cls.conn = cls.stack.bus()
-            cls.start_keyd()
-            cls.start_certd()
-            if cls.TPM:
-                cls.swtpm = aziot_tpm.Swtpm(os.path.join(cls.run_dir, "swtpm")).start()
-                cls.start_tpmd()
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def start_keyd(cls):
-        keyd_dir = os.path.join(cls.run_dir, "keyd")
-        os.makedirs(os.path.join(keyd_dir, "config.d"))
-        secrets_dir = os.path.join(cls.run_dir, "secrets")
-        os.makedirs(secrets_dir, mode=0o700)
-        device_key = os.path.join(secrets_dir, "device-id.key")
-        group_key = os.path.join(secrets_dir, "group-key.key")
-        with open(device_key, "wb") as f:
-            f.write(base64.b64decode(cls.enrollment.primary_key))
-        with open(group_key, "wb") as f:
-            f.write(base64.b64decode(cls.group.primary_key))
-        with open(os.path.join(keyd_dir, "config.toml"), "w") as f:
-            f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n\n'
-                    f'[preloaded_keys]\ndevice-id = "file://{device_key}"\n'
-                    f'group-key = "file://{group_key}"\n')
-        cls.stack.start_process(
-            "keyd", [KEYD, "--idle-timeout=0"],
-            env={"AZIOT_KEYD_CONFIG": os.path.join(keyd_dir, "config.toml"),
-                 "AZIOT_KEYD_CONFIG_DIR": os.path.join(keyd_dir, "config.d"),
-                 "AZIOT_LOG": "debug"},
-            wait_bus_name=KEYS_NAME)
+        cls.mocks = (cls.dps, cls.hub)
+        cls.hub.start()
+        cls.dps.start()
+        cls.ca_bundle = os.path.join(cls.run_dir, "cloud-ca.pem")
+        with open(cls.ca_bundle, "w") as out:
+            for path in (cls.hub.server_ca_path, cls.dps.server_ca_path):
+                with open(path) as f:
+                    out.write(f.read())
+        cls.enrollment = cls.dps.add_symmetric_key("dev1")
+        cls.group = cls.dps.add_symmetric_key_group("grp")
+        cls.stack.start()
+        cls.conn = cls.stack.bus()
+        cls.start_keyd(cls.write_secrets({
+            "device-id": base64.b64decode(cls.enrollment.primary_key),
+            "group-key": base64.b64decode(cls.group.primary_key)}))
+        cls.start_certd()
+        if cls.TPM:
+            cls.swtpm = aziot_tpm.Swtpm(os.path.join(cls.run_dir, "swtpm")).start()
+            cls.start_tpmd()
 
     @classmethod
     def start_certd(cls):
         """certd with a local CA issuing the X.509 device identities."""
-        certd_dir = os.path.join(cls.run_dir, "certd")
-        os.makedirs(os.path.join(certd_dir, "config.d"))
         cls.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "CreateKeyPairIfNotExists",
                                "sasa{sv}", ["local-ca", ["ec-p256"], {}], timeout=CALL_TIMEOUT)
-        with open(os.path.join(certd_dir, "config.toml"), "w") as f:
-            f.write(f'homedir_path = "{certd_dir}/home"\n\n'
-                    '[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
-                    '[cert_issuance.local-ca]\nmethod = "self_signed"\n'
-                    'common_name = "Device CA"\n\n'
-                    '[cert_issuance.device-id]\nmethod = "local_ca"\n\n'
-                    '[cert_issuance.device-id-temp]\nmethod = "local_ca"\n')
-        cls.stack.start_process(
-            "certd", [CERTD, "--idle-timeout=0"],
-            env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
-                 "AZIOT_CERTD_CONFIG_DIR": os.path.join(certd_dir, "config.d"),
-                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
-            wait_bus_name=CERTS_NAME)
+        cls.run_certd('[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
+                      '[cert_issuance.local-ca]\nmethod = "self_signed"\n'
+                      'common_name = "Device CA"\n\n'
+                      '[cert_issuance.device-id]\nmethod = "local_ca"\n\n'
+                      '[cert_issuance.device-id-temp]\nmethod = "local_ca"\n')
 
     @classmethod
     def start_tpmd(cls):
-        tpmd_dir = os.path.join(cls.run_dir, "tpmd")
-        os.makedirs(os.path.join(tpmd_dir, "config.d"))
-        with open(os.path.join(tpmd_dir, "config.toml"), "w") as f:
-            f.write(f'tcti = "{cls.swtpm.tcti}"\n')
-        cls.stack.start_process(
-            "tpmd", [TPMD, "--idle-timeout=0"],
-            env={"AZIOT_TPMD_CONFIG": os.path.join(tpmd_dir, "config.toml"),
-                 "AZIOT_TPMD_CONFIG_DIR": os.path.join(tpmd_dir, "config.d"),
-                 "AZIOT_LOG": "debug"},
-            wait_bus_name=TPM_NAME)
+        cls.start_daemon("tpmd", TPMD, TPM_NAME, f'tcti = "{cls.swtpm.tcti}"\n')
 
     @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-        cls.dps.stop()
-        cls.hub.stop()
+    def stop_class(cls):
+        super().stop_class()
         if cls.swtpm:
             cls.swtpm.stop()
-        if cls.failed:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-
-    def setUp(self):
-        type(self).serial += 1
-        self.dir = os.path.join(self.run_dir, f"t{type(self).serial}")
-        self.home = os.path.join(self.dir, "home")
-        self.config = os.path.join(self.dir, "config.toml")
-        self.config_d = os.path.join(self.dir, "config.d")
-        os.makedirs(self.config_d)
-        for mock in (self.dps, self.hub):
-            mock.clear_faults()
-            mock.up()
-            mock.clear_log()
-
-    def tearDown(self):
-        self.remove_test_rules()
-        for mock in (self.dps, self.hub):
-            mock.clear_faults()
-            mock.up()
-        if "identityd" in self.stack.processes:
-            status = self.stack.stop_process("identityd")
-            self.assertEqual(status, 0, "identityd did not exit cleanly on SIGTERM")
 
     # -- configuration and daemon ---------------------------------------------------------------
 
@@ -239,24 +147,13 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     def start_identityd(self, config, env=None):
         with open(self.config, "w") as f:
             f.write(config)
-        self.identityd = self.stack.start_process(
-            "identityd", [IDENTITYD],
-            env={"AZIOT_IDENTITYD_CONFIG": self.config,
-                 "AZIOT_IDENTITYD_CONFIG_DIR": self.config_d,
-                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR,
-                 "SSL_CERT_FILE": self.ca_bundle, **(env or {})},
-            wait_bus_name=ID_NAME)
-        return self.identityd
+        return self.run_identityd({"OPENSSL_MODULES": PROVIDER_DIR,
+                                   "SSL_CERT_FILE": self.ca_bundle, **(env or {})})
 
     def restart_identityd(self):
         self.stack.stop_process("identityd")
         with open(self.config) as f:
             return self.start_identityd(f.read())
-
-    def state(self):
-        return str(self.conn.call_blocking(ID_NAME, ID_PATH, "org.freedesktop.DBus.Properties",
-                                           "Get", "ss", [ID_IFACE, "ProvisioningState"],
-                                           timeout=CALL_TIMEOUT))
 
     def wait_state(self, *states):
         wait_until(lambda: self.state() in states, PROVISION_TIMEOUT,
@@ -296,12 +193,9 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         resource = f"{identity['hubName']}/devices/{device_id}".lower()
         expiry = int(time.time()) + 300
         to_sign = f"{sas_encode(resource)}\n{expiry}".encode()
-        sig = self.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "Sign", "ssaya{sv}",
-                                      [identity["keyHandle"], "HMAC-SHA256",
-                                       dbus.ByteArray(to_sign), {}],
-                                      timeout=CALL_TIMEOUT, byte_arrays=True)
+        sig = keyd_sign(self.conn, identity["keyHandle"], to_sign)
         return (f"SharedAccessSignature sr={sas_encode(resource)}"
-                f"&sig={urllib.parse.quote(base64.b64encode(bytes(sig)).decode(), safe='')}"
+                f"&sig={urllib.parse.quote(base64.b64encode(sig).decode(), safe='')}"
                 f"&se={expiry}")
 
     def device_info(self):
@@ -745,27 +639,17 @@ class DpsX509EstTest(IdentityTestCase):
         cls.est = mock_est.MockEst(os.path.join(cls.run_dir, "est"), basic=cls.BASIC,
                                    default_eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
         cls.est.start()
-        certd_dir = os.path.join(cls.run_dir, "certd")
-        os.makedirs(os.path.join(certd_dir, "config.d"))
-        with open(os.path.join(certd_dir, "config.toml"), "w") as f:
-            f.write(f'homedir_path = "{certd_dir}/home"\n\n'
-                    f'[preloaded_certs]\nest-server-ca = "file://{cls.est.server_ca_path}"\n\n'
-                    '[cert_issuance.est]\ntrusted_certs = ["est-server-ca"]\n'
-                    f'username = "{cls.BASIC[0]}"\npassword = "{cls.BASIC[1]}"\n'
-                    f'[cert_issuance.est.urls]\ndefault = "{cls.est.url}"\n\n'
-                    '[cert_issuance.device-id]\nmethod = "est"\n')
-        cls.stack.start_process(
-            "certd", [CERTD, "--idle-timeout=0"],
-            env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
-                 "AZIOT_CERTD_CONFIG_DIR": os.path.join(certd_dir, "config.d"),
-                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
-            wait_bus_name=CERTS_NAME)
+        cls.run_certd(f'[preloaded_certs]\nest-server-ca = "file://{cls.est.server_ca_path}"\n\n'
+                      '[cert_issuance.est]\ntrusted_certs = ["est-server-ca"]\n'
+                      f'username = "{cls.BASIC[0]}"\npassword = "{cls.BASIC[1]}"\n'
+                      f'[cert_issuance.est.urls]\ndefault = "{cls.est.url}"\n\n'
+                      '[cert_issuance.device-id]\nmethod = "est"\n')
 
     @classmethod
-    def tearDownClass(cls):
+    def stop_class(cls):
         if getattr(cls, "est", None):
             cls.est.stop()
-        super().tearDownClass()
+        super().stop_class()
 
     def test_identity_certificate_from_est_then_registered(self):
         with open(self.est.est_ca_path) as f:
@@ -792,6 +676,7 @@ class DpsX509EstTest(IdentityTestCase):
 
 class DpsTpmTest(IdentityTestCase):
     TPM = True
+    REQUIRED = IdentityTestCase.REQUIRED + (TPMD,)
 
     def test_tpm_challenge_then_registered(self):
         ek, _ = self.conn.call_blocking(TPM_NAME, "/org/aziot/Tpm1", TPM_NAME, "GetTpmKeys",

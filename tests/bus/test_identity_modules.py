@@ -20,41 +20,29 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.parse
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-IDENTITYD = os.environ.get("AZIOT_IDENTITYD") or os.path.join(BUILD_DIR, "services", "identity",
-                                                              "aziot-identityd")
-KEYD = os.environ.get("AZIOT_KEYD") or os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
-CERTD = os.environ.get("AZIOT_CERTD") or os.path.join(BUILD_DIR, "services", "certs",
-                                                      "aziot-certd")
-PROVIDER_DIR = os.environ.get("AZIOT_PROVIDER_DIR") or os.path.join(BUILD_DIR, "provider")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
 import aziot_harness  # noqa: E402
 import mock_hub  # noqa: E402
+from aziot_identity_suite import CALL_TIMEOUT, CERTS_NAME, ERR, ID_IFACE, ID_NAME, ID_PATH, \
+    KEYS_IFACE, KEYS_NAME, KEYS_PATH, IdentityBusTestCase, LocalIdentityChecks, keyd_sign, \
+    local_ca_certificate  # noqa: E402
 from mock_cloud import module_keys  # noqa: E402
 
 import dbus  # noqa: E402
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
-ID_NAME, ID_PATH, ID_IFACE = "org.aziot.Identity1", "/org/aziot/Identity1", "org.aziot.Identity1"
-KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
-CERTS_NAME = "org.aziot.Certificates1"
-ERR = "org.aziot.Identity1.Error."
-CALL_TIMEOUT = 30
 START_TIMEOUT = 30
 DEVICE = "dev1"
 HOSTNAME = "testhost"
@@ -92,132 +80,56 @@ def plain(value):
 wait_until = aziot_harness.wait_until
 
 
-class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+class IdentityTestCase(IdentityBusTestCase, LocalIdentityChecks):
     """One stack, mock Hub, keyd and certd per class; a fresh identityd home for every test."""
 
+    RUN_DIR_PREFIX = "aziot-identity-"
     PRELOAD_MASTER_KEY = True
     # Nested mode (spec §4.11): IoT Hub is "myhub.azure-devices.net" in SAS audiences and
     # identities, and is reached through local_gateway_hostname (the mock's address).
     NESTED = False
 
     @classmethod
-    def setUpClass(cls):
-        for path in (IDENTITYD, KEYD, CERTD):
-            if not os.access(path, os.X_OK):
-                raise unittest.SkipTest(f"{path} is not built")
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-identity-")
-        os.chmod(cls.run_dir, 0o755)
-        cls.failed = False
-        cls.serial = 0
+    def start_class(cls):
         cls.hub = mock_hub.MockHub(os.path.join(cls.run_dir, "hub"),
                                    hostname="myhub.azure-devices.net" if cls.NESTED else None)
+        cls.mocks = (cls.hub,)
         cls.hub.start()
         cls.gateway = f"localhost:{cls.hub.port}" if cls.NESTED else cls.hub.hostname
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
-        try:
-            cls.device = cls.hub.registry.add_device(DEVICE)
-            cls.master_key = os.urandom(32)
-            secrets_dir = os.path.join(cls.run_dir, "secrets")
-            os.makedirs(secrets_dir, mode=0o700)
-            cls.ca_key = ec.generate_private_key(ec.SECP256R1())
-            paths = {}
-            keys = [("device-id", base64.b64decode(cls.device.primary_key)),
-                    ("local-ca", cls.ca_key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))]
-            if cls.PRELOAD_MASTER_KEY:
-                keys.append(("aziot_identityd_master_id", cls.master_key))
-            for key_id, data in keys:
-                paths[key_id] = os.path.join(secrets_dir, f"{key_id}.key")
-                with open(paths[key_id], "wb") as f:
-                    f.write(data)
-            cls.stack.start()
-            cls.conn = cls.stack.bus()
-            cls.start_keyd(paths)
-            cls.start_certd()
-        except BaseException:
-            cls.stack.stop()
-            cls.hub.stop()
-            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
-            raise
-
-    @classmethod
-    def start_keyd(cls, paths):
-        keyd_dir = os.path.join(cls.run_dir, "keyd")
-        os.makedirs(os.path.join(keyd_dir, "config.d"))
-        with open(os.path.join(keyd_dir, "config.toml"), "w") as f:
-            f.write(f'[aziot_keys]\nhomedir_path = "{keyd_dir}/home"\n\n[preloaded_keys]\n'
-                    + "".join(f'{k} = "file://{p}"\n' for k, p in paths.items()))
-        cls.stack.start_process(
-            "keyd", [KEYD, "--idle-timeout=0"],
-            env={"AZIOT_KEYD_CONFIG": os.path.join(keyd_dir, "config.toml"),
-                 "AZIOT_KEYD_CONFIG_DIR": os.path.join(keyd_dir, "config.d"),
-                 "AZIOT_LOG": "debug"},
-            wait_bus_name=KEYS_NAME)
+        cls.device = cls.hub.registry.add_device(DEVICE)
+        cls.master_key = os.urandom(32)
+        cls.ca_key = ec.generate_private_key(ec.SECP256R1())
+        keys = {"device-id": base64.b64decode(cls.device.primary_key),
+                "local-ca": cls.ca_key.private_bytes(serialization.Encoding.PEM,
+                                                     serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())}
+        if cls.PRELOAD_MASTER_KEY:
+            keys["aziot_identityd_master_id"] = cls.master_key
+        paths = cls.write_secrets(keys)
+        cls.stack.start()
+        cls.conn = cls.stack.bus()
+        cls.start_keyd(paths)
+        cls.start_certd()
 
     @classmethod
     def start_certd(cls):
         """certd issuing the local identities' ids with a local CA made here (its key preloaded in
         keyd, its certificate imported)."""
-        certd_dir = os.path.join(cls.run_dir, "certd")
-        os.makedirs(os.path.join(certd_dir, "config.d"))
-        with open(os.path.join(certd_dir, "config.toml"), "w") as f:
-            f.write(f'homedir_path = "{certd_dir}/home"\n\n'
-                    '[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
-                    + "".join(f'[cert_issuance.{i}]\nmethod = "local_ca"\n\n'
-                              for i in ("loc", "locsrv", "adhoc", "adhoc2")))
-        cls.stack.start_process(
-            "certd", [CERTD, "--idle-timeout=0"],
-            env={"AZIOT_CERTD_CONFIG": os.path.join(certd_dir, "config.toml"),
-                 "AZIOT_CERTD_CONFIG_DIR": os.path.join(certd_dir, "config.d"),
-                 "AZIOT_LOG": "debug", "OPENSSL_MODULES": PROVIDER_DIR},
-            wait_bus_name=CERTS_NAME)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Local identity CA")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cls.ca_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                       .public_key(cls.ca_key.public_key()).serial_number(1)
-                       .not_valid_before(now - datetime.timedelta(days=1))
-                       .not_valid_after(now + datetime.timedelta(days=365))
-                       .add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                                      critical=True)
-                       .add_extension(x509.KeyUsage(True, False, False, False, False, True, True,
-                                                    False, False), critical=True)
-                       .sign(cls.ca_key, hashes.SHA256()))
+        cls.run_certd('[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n'
+                      + "".join(f'[cert_issuance.{i}]\nmethod = "local_ca"\n\n'
+                                for i in ("loc", "locsrv", "adhoc", "adhoc2")))
+        cls.ca_cert = local_ca_certificate(cls.ca_key)
         cls.conn.call_blocking(CERTS_NAME, "/org/aziot/Certificates1", CERTS_NAME,
                                "ImportCertificate", "ssa{sv}",
                                ["local-ca",
                                 cls.ca_cert.public_bytes(serialization.Encoding.PEM).decode(), {}],
                                timeout=CALL_TIMEOUT)
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-        cls.hub.stop()
-        if cls.failed:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-
     def setUp(self):
-        type(self).serial += 1
-        self.dir = os.path.join(self.run_dir, f"t{type(self).serial}")
-        self.home = os.path.join(self.dir, "home")
-        self.config = os.path.join(self.dir, "config.toml")
-        self.config_d = os.path.join(self.dir, "config.d")
-        os.makedirs(self.config_d)
-        self.hub.clear_faults()
-        self.hub.up()
+        super().setUp()
         with self.hub.registry.lock:
             self.device.modules.clear()
         self.hub.put_replaces = False
-        self.hub.clear_log()
-
-    def tearDown(self):
-        self.hub.clear_faults()
-        self.hub.up()
-        if "identityd" in self.stack.processes:
-            status = self.stack.stop_process("identityd")
-            self.assertEqual(status, 0, "identityd did not exit cleanly on SIGTERM")
 
     # -- identityd ------------------------------------------------------------------------------
 
@@ -254,12 +166,7 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         if write:
             self.write_config(principals, prefer_cache, source)
         before = self.prev_state_mtime()
-        self.identityd = self.stack.start_process(
-            "identityd", [IDENTITYD],
-            env={"AZIOT_IDENTITYD_CONFIG": self.config,
-                 "AZIOT_IDENTITYD_CONFIG_DIR": self.config_d,
-                 "AZIOT_LOG": "debug", "SSL_CERT_FILE": self.hub.server_ca_path},
-            wait_bus_name=ID_NAME, timeout=START_TIMEOUT)
+        self.run_identityd({"SSL_CERT_FILE": self.hub.server_ca_path}, timeout=START_TIMEOUT)
         if wait_reconciled:
             # prev_state is written when the reconciliation has ended well.
             wait_until(lambda: self.prev_state_mtime() != before, START_TIMEOUT,
@@ -281,11 +188,6 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         if message is not None:
             self.assertEqual(cm.exception.message, message)
         return cm.exception
-
-    def state(self):
-        return str(self.conn.call_blocking(ID_NAME, ID_PATH, "org.freedesktop.DBus.Properties",
-                                           "Get", "ss", [ID_IFACE, "ProvisioningState"],
-                                           timeout=CALL_TIMEOUT))
 
     # -- what to check against ------------------------------------------------------------------
 
@@ -315,11 +217,7 @@ class IdentityTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         sr = urllib.parse.quote(f"{self.hub.hostname}/devices/{DEVICE}/modules/{module_id}",
                                 safe="")
         se = str(int(time.time()) + 600)
-        sig = bytes(self.conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, "Sign",
-                                            "ssaya{sv}",
-                                            [key_handle, "HMAC-SHA256",
-                                             dbus.ByteArray(f"{sr}\n{se}".encode()), {}],
-                                            timeout=CALL_TIMEOUT, byte_arrays=True))
+        sig = keyd_sign(self.conn, key_handle, f"{sr}\n{se}".encode())
         return (f"SharedAccessSignature sr={sr}&sig="
                 f"{urllib.parse.quote(base64.b64encode(sig).decode(), safe='')}&se={se}")
 
@@ -718,23 +616,8 @@ class LocalIdentityTest(IdentityTestCase):
         self.assertEqual(set(ident), {"type", "moduleId", "privateKey", "certificate",
                                       "expiration"})
         self.assertEqual((ident["type"], ident["moduleId"]), ("local", module_id))
-        self.assertTrue(ident["privateKey"].startswith("-----BEGIN PRIVATE KEY-----\n"))
-        key = serialization.load_pem_private_key(ident["privateKey"].encode(), None)
-        self.assertEqual(key.key_size, 2048)
-        pem = ident["certificate"]
-        end = "-----END CERTIFICATE-----"
-        leaf = x509.load_pem_x509_certificate((pem.split(end)[0] + end).encode())
-        # Issued by the local CA: its signature verifies with the CA's key.
-        self.assertEqual(leaf.issuer, self.ca_cert.subject)
-        self.ca_cert.public_key().verify(leaf.signature, leaf.tbs_certificate_bytes,
-                                         ec.ECDSA(leaf.signature_hash_algorithm))
-        self.assertEqual(leaf.public_key().public_numbers(), key.public_key().public_numbers())
-        self.assertEqual(leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
-                         f"{module_id}.{HOSTNAME}.{DOMAIN}")
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-        self.assertTrue(eku.critical)
-        self.assertEqual(list(eku.value), [ExtendedKeyUsageOID.CLIENT_AUTH] +
-                         ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []))
+        key, leaf = self.assertIssuedByLocalCa(ident["privateKey"], ident["certificate"],
+                                               f"{module_id}.{HOSTNAME}.{DOMAIN}", server)
         ku = leaf.extensions.get_extension_for_class(x509.KeyUsage)
         self.assertTrue(ku.critical)
         self.assertTrue(ku.value.digital_signature and ku.value.content_commitment and

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 from mock_dps import MockDps, NEW_UUID, CSR_NOT_CONFIGURED  # noqa: E402
 from mock_hub import MockHub  # noqa: E402
 from cloud_client import Client, HUB_API, control, group_device_key, sas_token, string_to_sign  # noqa: E402
+from mocktest import NETWORK_ERRORS, MockTestCase  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -32,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 SCOPE = "0ne0000ABCD"
-NETWORK_ERRORS = (ConnectionError, ssl.SSLError, OSError)
 
 
 def reg_path(rid, scope=SCOPE):
@@ -57,17 +57,10 @@ def csr_b64(cn, san=None):
     return key, base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
 
 
-class DpsTestCase(unittest.TestCase):
+class DpsTestCase(MockTestCase):
     """One PKI directory for the module; a hub and a DPS sharing its registry per test."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="mock-dps-")
-        cls.pki_dir = os.path.join(cls.tmp, "pki")
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+    TMP_PREFIX = "mock-dps-"
 
     def setUp(self):
         self.hub = MockHub(self.pki_dir).start()
@@ -847,17 +840,8 @@ class TestCli(DpsTestCase):
 
     def test_script_with_hub_and_control(self):
         d = os.path.join(self.tmp, "cli")
-        p = subprocess.Popen([sys.executable, os.path.join(HERE, "mock_dps.py"), "--dir", d, "--scope", SCOPE,
-                              "--with-hub", "--symmetric", "cli-dev", "--assigning-polls", "1", "--control"],
-                             stdout=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(), p.stdout.close()))
-        info = {}
-        for line in p.stdout:
-            line = line.strip()
-            if line == "READY":
-                break
-            k, _, v = line.partition("=")
-            info[k] = v
+        p, info = self.start_script("mock_dps.py", "--dir", d, "--scope", SCOPE, "--with-hub",
+                                    "--symmetric", "cli-dev", "--assigning-polls", "1", "--control")
         ca, key = info["SERVER_CA"], info["KEY_cli-dev"]
         dps = Client(info["URL"], ca)
         auth = sas_token(audience("cli-dev"), key, skn="registration")

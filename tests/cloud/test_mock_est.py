@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import http.client
@@ -21,6 +20,7 @@ import json
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mock_est  # noqa: E402
 from mock_est import MockEst, decode_pkcs7, encode_csr, est_request, make_csr, make_key  # noqa: E402
+from mocktest import MockTestCase  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
@@ -50,17 +50,10 @@ def spki(obj):
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-class EstTestCase(unittest.TestCase):
+class EstTestCase(MockTestCase):
     """One PKI directory for the whole module (keys are cheap, but loading is cheaper); a server per test."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="mock-est-")
-        cls.pki_dir = os.path.join(cls.tmp, "pki")
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+    TMP_PREFIX = "mock-est-"
 
     def start(self, **kw):
         est = MockEst(self.pki_dir, **kw).start()
@@ -536,21 +529,11 @@ def pkcs7_der_certs(der):
 class TestCli(EstTestCase):
     def test_cli(self):
         d = os.path.join(self.tmp, "cli")
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mock_est.py")
-        p = subprocess.Popen([sys.executable, script, "--dir", d, "--port", "0", "--basic", f"{USER}:{PASS}",
-                              "--client-cert-auth", "--control", "--validity", "2m",
-                              "--bootstrap-cert", "boot:dev-boot",
-                              "--label", "plain:nocert:nobasic", "--fail-status", "503", "--fail-count", "1",
-                              "--fail-ops", "cacerts"],
-                             stdout=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(), p.stdout.close()))
-        info = {}
-        for line in p.stdout:
-            line = line.strip()
-            if line == "READY":
-                break
-            k, _, v = line.partition("=")
-            info[k] = v
+        p, info = self.start_script("mock_est.py", "--dir", d, "--port", "0", "--basic", f"{USER}:{PASS}",
+                                    "--client-cert-auth", "--control", "--validity", "2m",
+                                    "--bootstrap-cert", "boot:dev-boot",
+                                    "--label", "plain:nocert:nobasic", "--fail-status", "503", "--fail-count", "1",
+                                    "--fail-ops", "cacerts")
         self.assertTrue(info["URL"].startswith("https://127.0.0.1:"))
         url, ca = info["URL"], info["SERVER_CA"]
         self.assertEqual(est_request(url + "/cacerts", cafile=ca)[0], 503)
@@ -569,26 +552,9 @@ class TestCli(EstTestCase):
         self.assertEqual(est_request(url + "/plain/simpleenroll", "POST", encode_csr(csr), cafile=ca)[0], 200)
         self.assertEqual(est_request(url + "/nolabel/cacerts", cafile=ca)[0], 404)
         p.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                est_request(url + "/cacerts", cafile=ca)
-            except ConnectionRefusedError:
-                break
-            except (ConnectionResetError, ssl.SSLError):
-                pass  # accepted by the kernel while going down
-            time.sleep(0.05)
-        else:
-            self.fail("SIGUSR1 did not take the server down")
+        self.assertGoesDown(lambda: est_request(url + "/cacerts", cafile=ca))
         p.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                self.assertEqual(est_request(url + "/cacerts", cafile=ca)[0], 200)
-                break
-            except ConnectionRefusedError:
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.05)
+        self.assertEqual(self.comes_up(lambda: est_request(url + "/cacerts", cafile=ca))[0], 200)
         # the control channel
         ctl = info["CONTROL_URL"]
 

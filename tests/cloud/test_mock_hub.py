@@ -8,13 +8,9 @@ are made apart from the mocks' code."""
 import base64
 import os
 import secrets
-import shutil
 import signal
 import socket
-import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -22,11 +18,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from mock_hub import MockHub, Registry  # noqa: E402
 from cloud_client import Client, HUB_API, control, derived_module_key, sas_token  # noqa: E402
+from mocktest import NETWORK_ERRORS, MockTestCase  # noqa: E402
 
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
 MASTER = base64.b64encode(b"m" * 32).decode()  # identityd's master key in these tests
-NETWORK_ERRORS = (ConnectionError, ssl.SSLError, OSError)
 MODULE_MEMBERS = {"moduleId", "deviceId", "generationId", "etag", "connectionState",
                   "connectionStateUpdatedTime", "lastActivityTime", "cloudToDeviceMessageCount",
                   "authentication"}
@@ -36,15 +32,8 @@ def b64len(value):
     return len(base64.b64decode(value, validate=True))
 
 
-class HubTestCase(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="mock-hub-")
-        cls.pki_dir = os.path.join(cls.tmp, "pki")
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+class HubTestCase(MockTestCase):
+    TMP_PREFIX = "mock-hub-"
 
     def setUp(self):
         self.hub = MockHub(self.pki_dir).start()
@@ -407,17 +396,8 @@ class TestCli(HubTestCase):
     def test_script(self):
         d = os.path.join(self.tmp, "cli")
         key = base64.b64encode(secrets.token_bytes(32)).decode()
-        p = subprocess.Popen([sys.executable, os.path.join(HERE, "mock_hub.py"), "--dir", d, "--device",
-                              f"d1={key}", "--device", "d2", "--hostname", "cli-hub.example", "--control"],
-                             stdout=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(), p.stdout.close()))
-        info = {}
-        for line in p.stdout:
-            line = line.strip()
-            if line == "READY":
-                break
-            k, _, v = line.partition("=")
-            info[k] = v
+        p, info = self.start_script("mock_hub.py", "--dir", d, "--device", f"d1={key}", "--device", "d2",
+                                    "--hostname", "cli-hub.example", "--control")
         self.assertEqual(info["HOSTNAME"], "cli-hub.example")
         c = Client(info["URL"], info["SERVER_CA"], api_version=HUB_API)
         d1 = sas_token("cli-hub.example/devices/d1", key)
@@ -446,25 +426,9 @@ class TestCli(HubTestCase):
         self.assertEqual([m["moduleId"] for m in devices["d1"]["modules"]], ["agent"])
         self.assertEqual(ctl("POST", "/nonsense")[0], 404)
         p.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                c.get("/devices/d2/modules", auth=d2)
-            except ConnectionRefusedError:
-                break
-            except (ConnectionResetError, ssl.SSLError, OSError):
-                pass
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.05)
+        self.assertGoesDown(lambda: c.get("/devices/d2/modules", auth=d2))
         p.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                self.assertEqual(c.get("/devices/d2/modules", auth=d2).status, 200)
-                break
-            except ConnectionRefusedError:
-                self.assertLess(time.monotonic(), deadline)
-                time.sleep(0.05)
+        self.assertEqual(self.comes_up(lambda: c.get("/devices/d2/modules", auth=d2)).status, 200)
         p.send_signal(signal.SIGTERM)
         self.assertEqual(p.wait(10), 0)
 

@@ -33,16 +33,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
-KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
-CERTD = os.path.join(BUILD_DIR, "services", "certs", "aziot-certd")
-PROVIDER_DIR = os.path.join(BUILD_DIR, "provider")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
@@ -50,20 +44,24 @@ import aziot_harness  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
 import mock_est  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, curl, request_bytes  # noqa: E402
+from aziot_http import Connection, request_bytes  # noqa: E402
+from aziot_http_suite import BUILD_DIR, GATEWAYD, USER_A, ServiceHttpTestCase, c_array, \
+    gateway_source, poll  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
+CERTD = os.path.join(BUILD_DIR, "services", "certs", "aziot-certd")
+PROVIDER_DIR = os.path.join(BUILD_DIR, "provider")
+
 API = "2020-09-01"
 CERTS_GROUP = "aziotcs"
 KEYS_GROUP = "aziotks"
 KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
-USER_A, USER_B = aziot_harness.TEST_USERS
 PROVIDER = ["-provider-path", PROVIDER_DIR, "-provider", "aziot", "-provider", "default"]
-POLL_TIMEOUT = 10
 NOT_FOUND = 'parameter "id" has an invalid value\ncaused by: not found'
 INTERNAL = "internal error"
 EST_BASIC = ("gw-device", "gw-s3cret")
@@ -105,84 +103,47 @@ def make_csr(common_name):
     return key, csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def poll(predicate, what, timeout=POLL_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class CertsHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+class CertsHttpTestCase(ServiceHttpTestCase):
     """A stack per class: bus, polkitd, keyd and certd activatable (no idle exit) and the gateway
     on run_dir/sockets/certd.sock, mode 0660 and group aziotcs as a packaged socket unit makes
     it. A class may set MAX_REQUESTS (certd's max_requests) and add to certd's config.toml
     (certd_extra_config())."""
 
-    MAX_REQUESTS = None
+    GROUP = CERTS_GROUP
+    RUN_DIR_PREFIX = "aziot-gwc-"
+    API = API
+    OPENAPI = OPENAPI
+    REQUIRED = (GATEWAYD, KEYD, CERTD, PROVIDER_DIR)
 
     @classmethod
     def certd_extra_config(cls):
         return ""
 
     @classmethod
-    def setUpClass(cls):
-        for exe in (GATEWAYD, KEYD, CERTD):
-            if not os.access(exe, os.X_OK):
-                raise unittest.SkipTest(f"{exe} is not built")
-        if not os.path.isdir(PROVIDER_DIR):
-            raise unittest.SkipTest(f"{PROVIDER_DIR} is not built")
-        users = aziot_harness.ensure_test_users()
-        cls.uid_a, cls.uid_b = users[USER_A].pw_uid, users[USER_B].pw_uid
-        cls.certs_gid = aziot_harness.ensure_group(CERTS_GROUP).gr_gid
+    def start_stack(cls):
         aziot_harness.ensure_group(KEYS_GROUP)
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-gwc-", dir="/tmp")
-        os.chmod(cls.run_dir, 0o755)
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
-        cls.failed = False
-        try:
-            cls.stack.start()
-            cls.keys = aziot_stack.KeysServices(cls.stack, keyd_args=["--idle-timeout=0"],
-                                                keyd_env={"AZIOT_LOG": "debug"})
-            cls.keys.start(gateway=False)
-            cls.services = aziot_stack.CertsServices(
-                cls.stack, certd_args=["--idle-timeout=0"], certd_env={"AZIOT_LOG": "debug"},
-                gateway_env={"AZIOT_LOG": "debug"}, extra_config=cls.certd_extra_config())
-            cls.services.start(max_requests=cls.MAX_REQUESTS)
-            cls.sock = cls.services.certd_socket
-            os.chown(cls.sock, 0, cls.certs_gid)
-            cls.certs_dir = os.path.join(cls.services.certd_home, "certs")
-            conn = cls.stack.bus()
-            cls.handles = {
-                key_id: str(conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE,
-                                               "CreateKeyPairIfNotExists", "sasa{sv}",
-                                               [key_id, ["ec-p256"], {}], timeout=20))
-                for key_id in ("ca-key", "other-key")}
-            cls.ca_pem = cls.make_ca("ca-key", "test CA")
-            cls.put_from_setup("ca", cls.ca_pem)
-        except BaseException:
-            cls.stack.stop()
-            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
-            raise
+        cls.stack.start()
+        cls.keys = aziot_stack.KeysServices(cls.stack, keyd_args=["--idle-timeout=0"],
+                                            keyd_env={"AZIOT_LOG": "debug"})
+        cls.keys.start(gateway=False)
+        cls.services = aziot_stack.CertsServices(
+            cls.stack, certd_args=["--idle-timeout=0"], certd_env={"AZIOT_LOG": "debug"},
+            gateway_env=cls.gateway_env(), extra_config=cls.certd_extra_config())
+        cls.services.start(max_requests=cls.MAX_REQUESTS)
+        cls.sock = cls.services.certd_socket
+        cls.gateway = cls.services.gateway
+        cls.certs_dir = os.path.join(cls.services.certd_home, "certs")
 
     @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-        logs = os.path.join(cls.run_dir, "logs")
-        reports = []
-        for name in sorted(os.listdir(logs)):
-            text = aziot_harness._read_text(os.path.join(logs, name))
-            if "Sanitizer" in text or "runtime error:" in text:
-                reports.append(f"--- {name}\n{text}")
-        if cls.failed or reports:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-        if reports:
-            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
+    def prepare_class(cls):
+        conn = cls.stack.bus()
+        cls.handles = {
+            key_id: str(conn.call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE,
+                                           "CreateKeyPairIfNotExists", "sasa{sv}",
+                                           [key_id, ["ec-p256"], {}], timeout=20))
+            for key_id in ("ca-key", "other-key")}
+        cls.ca_pem = cls.make_ca("ca-key", "test CA")
+        cls.put_from_setup("ca", cls.ca_pem)
 
     @classmethod
     def openssl(cls, *args, check=True):
@@ -219,67 +180,11 @@ class CertsHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def http(self, method, path, body=None, version=API, via=None,
-             content_type="application/json", raw=None, conn=None):
-        """One request on a new connection (via: an Agent, to ask as its user), or on conn (left
-        open); the answer is checked against certs.yaml."""
-        target = path if version is None else \
-            f"{path}{'&' if '?' in path else '?'}api-version={version}"
-        c = conn if conn is not None else \
-            via.connect(self.sock) if via else Connection(self.sock)
-        try:
-            if raw is not None:
-                c.send(raw(target))
-            else:
-                c.send(request_bytes(method, target, body, None, content_type))
-            r = c.read_response()
-        finally:
-            if conn is None:
-                c.close()
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def assertDocumented(self, method, path, r, body=None):
-        request = body if isinstance(body, dict) else None
-        self.assertEqual(OPENAPI.response_errors(method, path, r, request), [],
-                         f"{method} {path} -> {r.status} {r.body[:300]!r}")
-
-    def assertJsonHeaders(self, r):
-        self.assertIn(b"\r\ncontent-type: application/json\r\n", r.raw_head + b"\r\n")
-        self.assertEqual(r.header("content-type"), b"application/json")
-        self.assertEqual(int(r.header("content-length")), len(r.body))
-
     def ok(self, method, path, body=None, status=200, via=None):
         r = self.http(method, path, body, via=via)
         self.assertEqual(r.status, status, f"{method} {path}: {r.body[:300]!r}")
         self.assertJsonHeaders(r)
         return r.json()
-
-    def assertNoContent(self, r):
-        self.assertEqual(r.status, 204, r.body)
-        self.assertEqual(r.body, b"")
-        self.assertIn(r.header("content-length"), (None, b"0"))
-        self.assertIsNone(r.header("content-type"))
-
-    def assertError(self, r, status, message):
-        self.assertEqual(r.status, status, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.json(), {"message": message})
-
-    def curl(self, method, path, body=None, user=None):
-        argv = ["curl", "-sS", "-i", "--unix-socket", self.sock, "-X", method,
-                f"http://certd.sock{path}?api-version={API}"]
-        if body is not None:
-            argv += ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"]
-        r = curl(argv, self.stack, user, [CERTS_GROUP])
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def agent_as(self, user, groups=(CERTS_GROUP,)):
-        agent = Agent.start_as(self.stack, user, groups,
-                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
-        self.addCleanup(agent.close)
-        return agent
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -308,9 +213,6 @@ class CertsHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
                               "privateKeyHandle": self.handles["ca-key"] if issuer[1] is None
                               else issuer[1]}
         return body
-
-    def gateway_log(self):
-        return aziot_harness._read_text(os.path.join(self.run_dir, "logs", "gateway-certd.log"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,9 +307,7 @@ class RoutesTest(CertsHttpTestCase):
 
 class InterfaceDocumentTest(unittest.TestCase):
     def test_document_lists_every_route_of_the_table(self):
-        with open(os.path.join(SOURCE_DIR, "gateway", "certs-routes.c")) as f:
-            source = f.read()
-        table = re.search(r"certs_routes\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        table = c_array(gateway_source("certs-routes.c"), "certs_routes")
         routes = {(m, p.replace("*", "{certId}"))
                   for m, p in re.findall(r'HTTP_(\w+), "([^"]+)"', table)}
         documented = set(OPENAPI.operations)
@@ -574,10 +474,7 @@ class AuthorizationTest(CertsHttpTestCase):
              "certd to drop the principals")
 
     def test_the_socket_is_for_its_group(self):
-        outsider = self.agent_as(USER_B, groups=None)
-        with self.assertRaises(AgentError) as cm:
-            outsider.connect(self.sock)
-        self.assertEqual(cm.exception.name, "PermissionError")
+        self.assertOutsiderRefused()
 
     def test_get_is_open_and_changes_are_refused(self):
         self.assertEqual(self.ok("GET", "/certificates/ca", via=self.a), {"pem": self.ca_pem})
@@ -758,57 +655,8 @@ class ThrottlingTest(CertsHttpTestCase):
         self.assertJsonHeaders(r)
         self.assertEqual(r.json(), {"pem": self.ca_pem})
 
-    def assertDropped(self, conn):
-        try:
-            conn.send(request_bytes("GET", f"/certificates/ca?api-version={API}"))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed before the request went out
-        self.assertTrue(conn.is_closed(), "the connection over the limit got an answer")
-
-    def throttled_lines(self, uid):
-        return self.gateway_log().count(f"Max simultaneous connections reached for user {uid}\n")
-
     def test_connections_per_uid(self):
-        a = self.agent_as(USER_A)
-        held = [a.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
-        for conn in held:
-            self.served(conn)
-
-        self.assertDropped(a.connect(self.sock))
-        poll(lambda: self.throttled_lines(self.uid_a) == 1, "the throttling log line")
-
-        # Meanwhile another uid, and root, are served, each up to the limit.
-        b = self.agent_as(USER_B)
-        others = [b.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
-        others += [self.connect_as_root() for _ in range(self.MAX_REQUESTS)]
-        for conn in others:
-            self.served(conn)
-        # The held connections still are.
-        for conn in held:
-            self.served(conn)
-        self.assertEqual((self.throttled_lines(self.uid_b), self.throttled_lines(0)), (0, 0))
-
-        # One goes: a new one of a's is served, once the gateway has seen it go.
-        held.pop().close()
-
-        def a_new_one_is_served():
-            conn = a.connect(self.sock)
-            try:
-                self.served(conn)
-                return conn
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                return None
-        held.append(poll(a_new_one_is_served, "a freed slot to be usable"))
-        # The slot is taken again: the limit still holds.
-        self.assertDropped(a.connect(self.sock))
-        for conn in held:
-            self.served(conn)
-
-    def connect_as_root(self):
-        c = Connection(self.sock)
-        self.addCleanup(c.close)
-        return c
+        self.check_connections_per_uid("/certificates/ca")
 
 
 if __name__ == "__main__":

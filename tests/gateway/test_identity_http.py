@@ -24,49 +24,43 @@ Environment: AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR.
 """
 
 import base64
-import datetime
 import json
 import os
 import re
-import shutil
-import stat
 import sys
-import tempfile
 import time
 import unittest
 import urllib.parse
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
+
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
+import aziot_harness  # noqa: E402
+import aziot_http_suite  # noqa: E402
+import aziot_openapi  # noqa: E402
+import aziot_stack  # noqa: E402
+import mock_dps  # noqa: E402
+import mock_hub  # noqa: E402
+from aziot_http import request_bytes  # noqa: E402
+from aziot_http_suite import BUILD_DIR, GATEWAYD, USER_A, USER_B, ServiceHttpTestCase, at, \
+    c_array, compact, gateway_source  # noqa: E402
+from aziot_identity_suite import LocalIdentityChecks, keyd_sign, local_ca_certificate  # noqa: E402
+from mock_cloud import module_keys  # noqa: E402
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
 KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
 CERTD = os.path.join(BUILD_DIR, "services", "certs", "aziot-certd")
 IDENTITYD = os.path.join(BUILD_DIR, "services", "identity", "aziot-identityd")
 PROVIDER_DIR = os.path.join(BUILD_DIR, "provider")
 
-sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
-sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "cloud"))
-import aziot_harness  # noqa: E402
-import aziot_openapi  # noqa: E402
-import aziot_stack  # noqa: E402
-import mock_dps  # noqa: E402
-import mock_hub  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, curl, request_bytes  # noqa: E402
-from mock_cloud import module_keys  # noqa: E402
-
-import dbus  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
-
 API = "2020-09-01"
 VERSIONS = ("2020-09-01", "2021-12-01", "2022-08-01")
 PROVISIONING_VERSIONS = ("2021-12-01", "2022-08-01")
 ID_GROUP = "aziotid"
-USER_A, USER_B = aziot_harness.TEST_USERS
-KEYS_NAME, KEYS_PATH, KEYS_IFACE = "org.aziot.Keys1", "/org/aziot/Keys1", "org.aziot.Keys1"
 CERTS_NAME, CERTS_PATH = "org.aziot.Certificates1", "/org/aziot/Certificates1"
 DEVICE = "dev1"
 HOSTNAME = "testhost"
@@ -94,27 +88,8 @@ def hub_not_found(module_id):
     return f"Hub client error\ncaused by: module {module_id} not found"
 
 
-def compact(value):
-    """JSON as upstream (serde_json) writes it: no spaces, members in declaration order."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def at(body, marker, text):
-    """(body, text + serde's position): the column where the first marker in body ends, or of
-    the body's last byte without a marker."""
-    column = len(body) if marker is None else body.index(marker) + len(marker)
-    return body, f"{text} at line 1 column {column}"
-
-
 def poll(predicate, what, timeout=POLL_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    return aziot_http_suite.poll(predicate, what, timeout, interval=0.05)
 
 
 def sas_quote(s):
@@ -150,7 +125,7 @@ class OpenApi(aziot_openapi.OpenApi):
 OPENAPI = OpenApi(os.path.join(SOURCE_DIR, "interfaces", "identity.yaml"))
 
 
-class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+class IdentityHttpTestCase(ServiceHttpTestCase, LocalIdentityChecks):
     """A stack per class: bus, polkitd, keyd and certd activatable (no idle exit), the mock IoT
     Hub (with a mock DPS when DPS is set), identityd activatable with the configuration of
     identity_config() and the gateway on run_dir/sockets/identityd.sock, mode 0660 and group
@@ -158,53 +133,45 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     master key and the local CA's key; certd issues local identities for LOCAL_CA_ISSUED with
     that CA."""
 
+    GROUP = ID_GROUP
+    RUN_DIR_PREFIX = "aziot-idhttp-"
+    API = API
+    OPENAPI = OPENAPI
+    REQUIRED = (GATEWAYD, KEYD, CERTD, IDENTITYD, PROVIDER_DIR)
+    NOT_BUILT = AssertionError
+    BODY_TIMEOUT_MS = BODY_TIMEOUT_MS
+    CALL_TIMEOUT = CURL_MAX_TIME = CALL_TIMEOUT
+    BYTE_EXACT = True
     DPS = False
     STATES = ("provisioned",)
+    hub = dps = None
 
     @classmethod
     def identity_config(cls):
         raise NotImplementedError
 
     @classmethod
-    def setUpClass(cls):
-        for exe in (GATEWAYD, KEYD, CERTD, IDENTITYD):
-            if not os.access(exe, os.X_OK):
-                raise AssertionError(f"{exe} is not built")
-        if not os.path.isdir(PROVIDER_DIR):
-            raise AssertionError(f"{PROVIDER_DIR} is not built")
-        users = aziot_harness.ensure_test_users()
-        cls.uid_a, cls.uid_b = users[USER_A].pw_uid, users[USER_B].pw_uid
-        cls.id_gid = aziot_harness.ensure_group(ID_GROUP).gr_gid
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-idhttp-", dir="/tmp")
-        os.chmod(cls.run_dir, 0o755)
-        cls.failed = False
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
+    def start_stack(cls):
         cls.hub = mock_hub.MockHub(os.path.join(cls.run_dir, "hub"))
-        cls.dps = None
-        try:
-            cls.hub.start()
-            mocks = [cls.hub]
-            if cls.DPS:
-                cls.dps = mock_dps.MockDps(os.path.join(cls.run_dir, "dps"), id_scope=SCOPE,
-                                           hub=cls.hub)
-                cls.dps.start()
-                mocks.append(cls.dps)
-                device_key = cls.dps.add_symmetric_key(DEVICE).primary_key
-            else:
-                device_key = cls.hub.registry.add_device(DEVICE).primary_key
-            cls.ca_bundle = os.path.join(cls.run_dir, "cloud-ca.pem")
-            with open(cls.ca_bundle, "w") as out:
-                for mock in mocks:
-                    with open(mock.server_ca_path) as f:
-                        out.write(f.read())
-            cls.master_key = os.urandom(32)
-            cls.ca_key = ec.generate_private_key(ec.SECP256R1())
-            cls.stack.start()
-            cls.start_services(device_key)
-        except BaseException:
-            cls.stop_all()
-            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
-            raise
+        cls.hub.start()
+        mocks = [cls.hub]
+        if cls.DPS:
+            cls.dps = mock_dps.MockDps(os.path.join(cls.run_dir, "dps"), id_scope=SCOPE,
+                                       hub=cls.hub)
+            cls.dps.start()
+            mocks.append(cls.dps)
+            device_key = cls.dps.add_symmetric_key(DEVICE).primary_key
+        else:
+            device_key = cls.hub.registry.add_device(DEVICE).primary_key
+        cls.ca_bundle = os.path.join(cls.run_dir, "cloud-ca.pem")
+        with open(cls.ca_bundle, "w") as out:
+            for mock in mocks:
+                with open(mock.server_ca_path) as f:
+                    out.write(f.read())
+        cls.master_key = os.urandom(32)
+        cls.ca_key = ec.generate_private_key(ec.SECP256R1())
+        cls.stack.start()
+        cls.start_services(device_key)
 
     @classmethod
     def start_services(cls, device_key):
@@ -229,67 +196,31 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
             extra_config='[cert_issuance.local_ca]\ncert = "local-ca"\npk = "local-ca"\n\n' +
             "".join(f'[cert_issuance.{i}]\nmethod = "local_ca"\n\n' for i in LOCAL_CA_ISSUED))
         cls.certs.start(gateway=False)
-        cls.ca_cert = cls.make_local_ca()
+        cls.ca_cert = local_ca_certificate(cls.ca_key)
         cls.bus().call_blocking(CERTS_NAME, CERTS_PATH, CERTS_NAME, "ImportCertificate",
                                 "ssa{sv}", ["local-ca", cls.ca_cert.public_bytes(
                                     serialization.Encoding.PEM).decode(), {}],
                                 timeout=CALL_TIMEOUT)
         cls.identity = aziot_stack.IdentityServices(
             cls.stack, cls.identity_config(), identityd_env={"AZIOT_LOG": "debug"},
-            gateway_env={"AZIOT_LOG": "debug",
-                         "AZIOT_GATEWAY_BODY_TIMEOUT_MS": str(BODY_TIMEOUT_MS)},
-            ssl_cert_file=cls.ca_bundle)
+            gateway_env=cls.gateway_env(), ssl_cert_file=cls.ca_bundle)
         cls.identity.start()
         cls.sock = cls.identity.identityd_socket
-        os.chown(cls.sock, 0, cls.id_gid)
         cls.gateway = cls.identity.gateway
         cls.home = cls.identity.identityd_home
         cls.identity.wait_state(*cls.STATES, timeout=60)
-        cls.prepare_class()
-
-    @classmethod
-    def prepare_class(cls):
-        pass
-
-    @classmethod
-    def make_local_ca(cls):
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Local identity CA")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(cls.ca_key.public_key()).serial_number(1)
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=365))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
-                                             False), critical=True)
-                .sign(cls.ca_key, hashes.SHA256()))
 
     @classmethod
     def bus(cls):
         return cls.stack.bus()
 
     @classmethod
-    def stop_all(cls):
-        cls.stack.stop()
+    def stop_class(cls):
+        super().stop_class()
         if cls.dps is not None:
             cls.dps.stop()
-        cls.hub.stop()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.stop_all()
-        logs = os.path.join(cls.run_dir, "logs")
-        reports = []
-        for name in sorted(os.listdir(logs)):
-            text = aziot_harness._read_text(os.path.join(logs, name))
-            if "Sanitizer" in text or "runtime error:" in text:
-                reports.append(f"--- {name}\n{text}")
-        if cls.failed or reports:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-        if reports:
-            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
+        if cls.hub is not None:
+            cls.hub.stop()
 
     def setUp(self):
         for mock in (self.hub, self.dps):
@@ -310,53 +241,6 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def http(self, method, path, body=None, version=API, via=None,
-             content_type="application/json", conn=None, documented=True):
-        """One request on a new connection (via: an Agent, to ask as its user), or on conn (left
-        open); the answer is checked against identity.yaml unless not documented (the generic
-        415 and 422 of a path without the method, which the document describes in words)."""
-        target = path if version is None else \
-            f"{path}{'&' if '?' in path else '?'}api-version={version}"
-        c = conn if conn is not None else \
-            via.connect(self.sock, timeout=CALL_TIMEOUT) if via else \
-            Connection(self.sock, timeout=CALL_TIMEOUT)
-        try:
-            c.send(request_bytes(method, target, body, None, content_type))
-            r = c.read_response(head_request=method == "HEAD")
-        finally:
-            if conn is None:
-                c.close()
-        if method != "HEAD" and documented:
-            self.assertDocumented(method, path, r, body)
-        return r
-
-    def assertDocumented(self, method, path, r, body=None):
-        request = body if isinstance(body, (dict, list)) else None
-        self.assertEqual(OPENAPI.response_errors(method, path.split("?")[0], r, request), [],
-                         f"{method} {path} -> {r.status} {r.body[:300]!r}")
-
-    def assertJsonHeaders(self, r):
-        self.assertIn(b"\r\ncontent-type: application/json\r\n", r.raw_head + b"\r\n")
-        self.assertEqual(r.header("content-type"), b"application/json")
-        self.assertEqual(int(r.header("content-length")), len(r.body))
-
-    def assertOk(self, r, body):
-        """A 200 whose body is exactly body, as upstream writes it."""
-        self.assertEqual(r.status, 200, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.body, compact(body))
-
-    def assertNoContent(self, r):
-        self.assertEqual(r.status, 204, r.body)
-        self.assertEqual(r.body, b"")
-        self.assertIn(r.header("content-length"), (None, b"0"))
-        self.assertIsNone(r.header("content-type"))
-
-    def assertError(self, r, status, message):
-        self.assertEqual(r.status, status, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.body, compact({"message": message}))
-
     def assertErrorStartsWith(self, r, status, prefix):
         self.assertEqual(r.status, status, r.body)
         self.assertJsonHeaders(r)
@@ -364,32 +248,11 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         self.assertTrue(r.json()["message"].startswith(prefix), r.body)
         return r.json()["message"]
 
-    def curl(self, method, path, body=None, user=None, version=API):
-        url = f"http://identityd.sock{path}{'&' if '?' in path else '?'}api-version={version}"
-        argv = ["curl", "-sS", "-i", "--max-time", str(CALL_TIMEOUT), "--unix-socket", self.sock,
-                "-X", method, url]
-        if body is not None:
-            argv += ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"]
-        r = curl(argv, self.stack, user, [ID_GROUP])
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def agent_as(self, user, groups=(ID_GROUP,)):
-        agent = Agent.start_as(self.stack, user, groups,
-                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
-        agent.timeout = CALL_TIMEOUT + 5
-        self.addCleanup(agent.close)
-        return agent
-
     # -- identityd --------------------------------------------------------------------------
 
     def identityd_log(self):
         return aziot_harness._read_text(
             os.path.join(self.run_dir, "logs", f"{aziot_stack.IDENTITY_BUS_NAME}.log"))
-
-    def gateway_log(self):
-        return aziot_harness._read_text(
-            os.path.join(self.run_dir, "logs", "gateway-identityd.log"))
 
     def reloaded(self, change):
         """Runs change() (which rewrites identityd's configuration) and waits until identityd
@@ -402,17 +265,12 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     def set_principals(self, text):
         self.reloaded(lambda: self.identity.write_principals(text))
 
-    def keyd(self, method, signature, *args):
-        return self.bus().call_blocking(KEYS_NAME, KEYS_PATH, KEYS_IFACE, method, signature,
-                                        list(args), timeout=CALL_TIMEOUT, byte_arrays=True)
-
     def sas_token(self, key_handle, resource):
         """A SAS token for resource as a client makes it (spec §4.8), signed by keyd with the
         handle identityd gave."""
         sr = sas_quote(resource)
         se = str(int(time.time()) + 600)
-        sig = bytes(self.keyd("Sign", "ssaya{sv}", key_handle, "HMAC-SHA256",
-                              dbus.ByteArray(f"{sr}\n{se}".encode()), {}))
+        sig = keyd_sign(self.bus(), key_handle, f"{sr}\n{se}".encode())
         return (f"SharedAccessSignature sr={sr}&sig="
                 f"{sas_quote(base64.b64encode(sig).decode())}&se={se}")
 
@@ -468,23 +326,8 @@ class IdentityHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
         self.assertOk(r, {"type": "local", "spec": {"moduleId": module_id, "auth": {
             "privateKey": auth["privateKey"], "certificate": auth["certificate"],
             "expiration": auth["expiration"]}}})
-        self.assertTrue(auth["privateKey"].startswith("-----BEGIN PRIVATE KEY-----\n"))
-        key = serialization.load_pem_private_key(auth["privateKey"].encode(), None)
-        self.assertEqual(key.key_size, 2048)
-        end = "-----END CERTIFICATE-----"
-        leaf = x509.load_pem_x509_certificate(
-            (auth["certificate"].split(end)[0] + end).encode())
-        # Issued by the local CA: its signature verifies with the CA's key.
-        self.assertEqual(leaf.issuer, self.ca_cert.subject)
-        self.ca_cert.public_key().verify(leaf.signature, leaf.tbs_certificate_bytes,
-                                         ec.ECDSA(leaf.signature_hash_algorithm))
-        self.assertEqual(leaf.public_key().public_numbers(), key.public_key().public_numbers())
-        self.assertEqual(leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
-                         f"{module_id}.{HOSTNAME}.{DOMAIN}")
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-        self.assertTrue(eku.critical)
-        self.assertEqual(list(eku.value), [ExtendedKeyUsageOID.CLIENT_AUTH] +
-                         ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []))
+        key, leaf = self.assertIssuedByLocalCa(auth["privateKey"], auth["certificate"],
+                                               f"{module_id}.{HOSTNAME}.{DOMAIN}", server)
         not_after = getattr(leaf, "not_valid_after_utc", None) or leaf.not_valid_after
         self.assertEqual(auth["expiration"], not_after.strftime("%Y-%m-%dT%H:%M:%S") + "+00:00")
         return key
@@ -713,12 +556,8 @@ class DeviceTest(IdentityHttpTestCase):
         return r.json()["spec"]["auth"]["keyHandle"]
 
     def test_the_socket_is_for_its_group(self):
-        st = os.stat(self.sock)
-        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o660, self.id_gid))
-        outsider = self.agent_as(USER_B, groups=None)
-        with self.assertRaises(AgentError) as cm:
-            outsider.connect(self.sock)
-        self.assertEqual(cm.exception.name, "PermissionError")
+        self.assertSocketMode()
+        self.assertOutsiderRefused()
 
     def test_unknown_caller(self):
         """A user in group aziotid that is no principal: 401 "authorization error" for all but
@@ -1280,8 +1119,7 @@ class HttpLayerTest(IdentityHttpTestCase):
 
     def test_keep_alive(self):
         """Several requests on one connection, pipelined, answered in order."""
-        c = Connection(self.sock, timeout=CALL_TIMEOUT)
-        self.addCleanup(c.close)
+        c = self.connect()
         c.send(request_bytes("GET", f"/identities/identity?api-version={API}") +
                request_bytes("GET", "/identities/provisioning?api-version=2021-12-01") +
                request_bytes("POST", f"/identities/device?api-version={API}", b"{") +
@@ -1294,27 +1132,14 @@ class HttpLayerTest(IdentityHttpTestCase):
         self.assertEqual(answers[3].body, compact({"certificate": ""}))
 
     def test_oversized_and_slow_bodies(self):
-        c = Connection(self.sock)
-        self.addCleanup(c.close)
-        c.send(f"POST /identities/device?api-version={API} HTTP/1.1\r\ncontent-type: "
-               f"application/json\r\ncontent-length: {2 << 20}\r\n\r\n".encode())
-        try:
-            c.send(b'{"type":"' + b"A" * (2 << 20))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the gateway stopped reading, as it should
-        r = c.read_response()
+        c, r = self.post_oversized("/identities/device", b'{"type":"')
         self.assertError(r, 413, "request body too large")
         self.assertDocumented("POST", "/identities/device", r)
         self.assertTrue(c.is_closed())
 
-        c = Connection(self.sock)
-        self.addCleanup(c.close)
-        body = b'{"type":"aziot","moduleId":"slow"}'
-        c.send(f"POST /identities/modules?api-version={API} HTTP/1.1\r\ncontent-type: "
-               f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body[:-1])
-        start = time.monotonic()
-        r = c.read_response()
-        self.assertGreaterEqual(time.monotonic() - start, BODY_TIMEOUT_MS / 1000 * 0.9)
+        c, r, waited = self.post_slowly("/identities/modules",
+                                        b'{"type":"aziot","moduleId":"slow"}')
+        self.assertGreaterEqual(waited, BODY_TIMEOUT_MS / 1000 * 0.9)
         self.assertError(r, 408, "deadline has elapsed")
         self.assertDocumented("POST", "/identities/modules", r)
         self.assertIsNone(self.hub_module("slow"))
@@ -1328,12 +1153,11 @@ class InterfaceDocumentTest(unittest.TestCase):
     def test_document_lists_every_route_of_the_table(self):
         """interfaces/identity.yaml and the route table of gateway/identity-routes.c say the
         same: the routes, and for each the api-versions it takes."""
-        with open(os.path.join(SOURCE_DIR, "gateway", "identity-routes.c")) as f:
-            source = f.read()
-        table = re.search(r"identity_routes\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        source = gateway_source("identity-routes.c")
+        table = c_array(source, "identity_routes")
         routes = re.findall(r'\{\s*HTTP_(\w+),\s*"([^"]+)",\s*(\w+),\s*(\w+),', table)
         self.assertEqual(len(routes), 10)
-        versions = re.search(r"identity_api_versions\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        versions = c_array(source, "identity_api_versions")
         names = re.findall(r'\[(\w+)\] = "([^"]+)"', versions)
         self.assertEqual([v for _, v in names], list(VERSIONS))
         index = {name: i for i, (name, _) in enumerate(names)}

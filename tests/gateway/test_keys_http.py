@@ -34,25 +34,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
-import time
 import unittest
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
-KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 import aziot_harness  # noqa: E402
+import aziot_http_suite  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, Response, UnixHTTPConnection, curl, \
-    request_bytes  # noqa: E402
+from aziot_http import Connection, Response, UnixHTTPConnection, request_bytes  # noqa: E402
+from aziot_http_suite import BUILD_DIR, GATEWAYD, USER_A, USER_B, ServiceHttpTestCase, at, \
+    gateway_source  # noqa: E402
 from aziot_keys_oracle import BAD_MECHANISM, BAD_VALUE, HVK, INTERNAL, INVALID_HANDLE, NESTED, \
     NOT_A_KEY, NOT_A_KEY_PAIR, NOT_DERIVED, P256_OID_DER, SHA256_DIGEST_INFO, b64, bad_param, \
     emsa_pss_encode_sha256, handle_parts, hmac256, key_file_name, make_handle, tree_listing, \
@@ -66,11 +62,11 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
+KEYD = os.path.join(BUILD_DIR, "services", "keys", "aziot-keyd")
 BACKEND = backend_from_env(allowed=("file", "softhsm2"))
 VERSIONS = ("2020-09-01", "2021-05-01")
 V2021 = "2021-05-01"
 KEYS_GROUP = "aziotks"
-USER_A, USER_B = aziot_harness.TEST_USERS
 POLL_TIMEOUT = 10
 TOO_LARGE = "request body too large"
 
@@ -86,21 +82,7 @@ def nul_in(name, position):
 
 def poll(predicate, what, timeout=POLL_TIMEOUT):
     """Polls predicate (every 10 ms) until it returns a true value, which it returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def at(body, marker, text):
-    """(body, text + serde's position): the column where the first marker in body ends, or of
-    the body's last byte without a marker (where a flattened struct reports its errors)."""
-    column = len(body) if marker is None else body.index(marker) + len(marker)
-    return body, f"{text} at line 1 column {column}"
+    return aziot_http_suite.poll(predicate, what, timeout, interval=0.01)
 
 
 OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "keys.yaml"))
@@ -110,80 +92,52 @@ OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "keys.yam
 # The fixture
 
 
-class KeysHttpTestCase(aziot_harness.StackTestMixin, KeyStoreChecks, unittest.TestCase):
+class KeysHttpTestCase(ServiceHttpTestCase, KeyStoreChecks):
     """A stack per class: bus, polkitd, keyd activatable (no idle exit, debug log) and the gateway
     on run_dir/sockets/keyd.sock, which is mode 0660 and group aziotks as a packaged socket unit
     makes it (spec §6.1), so that the test users in that group reach it. With a token backend,
     keyd's base slot is a token of the class's own (run_dir/token)."""
 
-    MAX_REQUESTS = None
+    GROUP = KEYS_GROUP
+    RUN_DIR_PREFIX = "aziot-gwk-"
+    API = V2021
+    OPENAPI = OPENAPI
+    REQUIRED = (GATEWAYD, KEYD)
     BUS_POLICY = None  # a bus policy .conf added to the project's, or None
     key_store_backend = BACKEND
+    token = None
 
     @classmethod
-    def setUpClass(cls):
-        for exe in (GATEWAYD, KEYD):
-            if not os.access(exe, os.X_OK):
-                raise unittest.SkipTest(f"{exe} is not built")
-        users = aziot_harness.ensure_test_users()
-        cls.uid_a, cls.uid_b = users[USER_A].pw_uid, users[USER_B].pw_uid
-        cls.keys_gid = aziot_harness.ensure_group(KEYS_GROUP).gr_gid
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-gwk-", dir="/tmp")
-        os.chmod(cls.run_dir, 0o755)
+    def stack_options(cls):
         policy_dirs = []
         if cls.BUS_POLICY:
             policy_dirs.append(os.path.join(cls.run_dir, "bus-policy"))
             os.makedirs(policy_dirs[0])
             with open(os.path.join(policy_dirs[0], "test.conf"), "w") as f:
                 f.write(cls.BUS_POLICY)
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR,
-                                        extra_bus_policy_dirs=policy_dirs)
-        cls.failed = False
-        cls.token = None
-        try:
-            cls.token = BACKEND.make_token(os.path.join(cls.run_dir, "token"))
-            cls.stack.start()
-            cls.services = aziot_stack.KeysServices(
-                cls.stack, keyd_args=["--idle-timeout=0"], keyd_env={"AZIOT_LOG": "debug"},
-                gateway_env={"AZIOT_LOG": "debug"}, token=cls.token)
-            cls.services.start(max_requests=cls.MAX_REQUESTS)
-            cls.sock = cls.services.keyd_socket
-            os.chown(cls.sock, 0, cls.keys_gid)
-            cls.home = cls.services.keyd_home
-            cls.keys_dir = cls.key_store_dir = os.path.join(cls.home, "keys")
-            cls.key_store_token = cls.token
-            # What keyd may change: its home, and its token's files.
-            cls.keyd_state_dirs = [cls.home] + ([cls.token.base_dir] if cls.token else [])
-            cls.gateway = cls.services.gateway
-            cls.prepare_class()
-        except BaseException:
-            cls.stack.stop()
-            if cls.token is not None:
-                cls.token.close()
-            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
-            raise
+        return {"extra_bus_policy_dirs": policy_dirs}
 
     @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
+    def start_stack(cls):
+        cls.token = BACKEND.make_token(os.path.join(cls.run_dir, "token"))
+        cls.stack.start()
+        cls.services = aziot_stack.KeysServices(
+            cls.stack, keyd_args=["--idle-timeout=0"], keyd_env={"AZIOT_LOG": "debug"},
+            gateway_env=cls.gateway_env(), token=cls.token)
+        cls.services.start(max_requests=cls.MAX_REQUESTS)
+        cls.sock = cls.services.keyd_socket
+        cls.home = cls.services.keyd_home
+        cls.keys_dir = cls.key_store_dir = os.path.join(cls.home, "keys")
+        cls.key_store_token = cls.token
+        # What keyd may change: its home, and its token's files.
+        cls.keyd_state_dirs = [cls.home] + ([cls.token.base_dir] if cls.token else [])
+        cls.gateway = cls.services.gateway
+
+    @classmethod
+    def stop_class(cls):
+        super().stop_class()
         if cls.token is not None:
             cls.token.close()
-        logs = os.path.join(cls.run_dir, "logs")
-        reports = []
-        for name in sorted(os.listdir(logs)):
-            text = aziot_harness._read_text(os.path.join(logs, name))
-            if "Sanitizer" in text or "runtime error:" in text:
-                reports.append(f"--- {name}\n{text}")
-        if cls.failed or reports:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-        if reports:
-            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
-
-    @classmethod
-    def prepare_class(cls):
-        """Class-wide preparation once the stack runs."""
 
     @classmethod
     def post_from_setup(cls, path, body):
@@ -218,74 +172,12 @@ class KeysHttpTestCase(aziot_harness.StackTestMixin, KeyStoreChecks, unittest.Te
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def connect(self):
-        conn = Connection(self.sock)
-        self.addCleanup(conn.close)
-        return conn
-
-    def http(self, method, path, body=None, version=V2021, conn=None, via=None,
-             content_type="application/json", headers=None):
-        """One request (on a new connection unless conn), as the synchronous key client writes
-        it; via: an Agent, to ask as its user. The answer is checked against keys.yaml."""
-        target = path if version is None else \
-            f"{path}{'&' if '?' in path else '?'}api-version={version}"
-        c = conn or (via.connect(self.sock) if via else Connection(self.sock))
-        try:
-            c.send(request_bytes(method, target, body, headers, content_type))
-            r = c.read_response()
-        finally:
-            if conn is None:
-                c.close()
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def assertDocumented(self, method, path, r, body=None):
-        request = body if isinstance(body, dict) else None
-        self.assertEqual(OPENAPI.response_errors(method, path, r, request), [],
-                         f"{method} {path} -> {r.status} {r.body[:300]!r}")
-
     def ok(self, method, path, body=None, version=V2021, via=None, conn=None):
         """A 200 with exactly Content-Type: application/json; returns the JSON."""
         r = self.http(method, path, body, version, conn=conn, via=via)
         self.assertEqual(r.status, 200, f"{method} {path}: {r.body[:300]!r}")
         self.assertJsonHeaders(r)
         return r.json()
-
-    def assertJsonHeaders(self, r):
-        # Byte for byte what the synchronous key client accepts (spec §1.6).
-        self.assertIn(b"\r\ncontent-type: application/json\r\n", r.raw_head + b"\r\n")
-        self.assertEqual(r.header("content-type"), b"application/json")
-        self.assertEqual(int(r.header("content-length")), len(r.body))
-
-    def assertNoContent(self, r):
-        self.assertEqual(r.status, 204, r.body)
-        self.assertEqual(r.body, b"")
-        self.assertIn(r.header("content-length"), (None, b"0"))
-        self.assertIsNone(r.header("content-type"))
-
-    def assertError(self, r, status, message):
-        self.assertEqual(r.status, status, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.json(), {"message": message})
-
-    def curl(self, method, path, body=None, version=V2021, user=None, json_type=True):
-        """A request as a user makes it: curl --unix-socket (as root, or as user in the group)."""
-        argv = ["curl", "-sS", "-i", "--unix-socket", self.sock, "-X", method,
-                f"http://keyd.sock{path}?api-version={version}"]
-        if body is not None:
-            argv += ["--data-binary", json.dumps(body)]
-            if json_type:
-                argv += ["-H", "Content-Type: application/json"]
-        r = curl(argv, self.stack, user, [KEYS_GROUP])
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def agent_as(self, user, groups=(KEYS_GROUP,)):
-        """A process of user (with groups) holding HTTP connections for the test."""
-        agent = Agent.start_as(self.stack, user, groups,
-                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
-        self.addCleanup(agent.close)
-        return agent
 
     # -- keyd's state and the independent checks ---------------------------------------------
 
@@ -345,12 +237,7 @@ class KeysHttpTestCase(aziot_harness.StackTestMixin, KeyStoreChecks, unittest.Te
             public_key.verify(sig, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
     def keyd_pid(self):
-        return int(self.stack.bus().call_blocking(
-            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-            "GetConnectionUnixProcessID", "s", (aziot_stack.KEYS_BUS_NAME,)))
-
-    def gateway_log(self):
-        return self.gateway.log()
+        return self.service_pid(aziot_stack.KEYS_BUS_NAME)
 
     def keyd_log(self):
         return aziot_harness._read_text(
@@ -699,8 +586,7 @@ class RoutesTest(KeysHttpTestCase):
 class InterfaceDocumentTest(unittest.TestCase):
     def test_document_lists_every_route_of_the_table(self):
         """interfaces/keys.yaml and the route table of gateway/keys-routes.c say the same."""
-        with open(os.path.join(SOURCE_DIR, "gateway", "keys-routes.c")) as f:
-            table = re.findall(r'\{ HTTP_(\w+), "([^"]+)", ALL,', f.read())
+        table = re.findall(r'\{ HTTP_(\w+), "([^"]+)", ALL,', gateway_source("keys-routes.c"))
         self.assertEqual(len(table), 14)
         documented = {(method, re.sub(r"\{[^}]+\}", "*", template))
                       for method, template in OPENAPI.operations}
@@ -1119,14 +1005,8 @@ class BadInputTest(KeysHttpTestCase):
 
     def test_oversized_bodies(self):
         for path in ("/key", "/sign"):
-            c = self.connect()
-            c.send(f"POST {path}?api-version={V2021} HTTP/1.1\r\ncontent-type: application/json"
-                   f"\r\ncontent-length: {10 << 20}\r\n\r\n".encode())
-            try:
-                c.send(b'{"keyId":"huge","usage":"sign","keyBytes":"' + b"A" * (10 << 20))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the gateway stopped reading, as it should
-            r = c.read_response()
+            c, r = self.post_oversized(path, b'{"keyId":"huge","usage":"sign","keyBytes":"',
+                                       10 << 20)
             self.assertError(r, 413, TOO_LARGE)
             self.assertEqual(r.header("connection"), b"close")
             self.assertTrue(c.is_closed())
@@ -1173,10 +1053,7 @@ class AuthorizationTest(KeysHttpTestCase):
                          not_authorized(uid, key_id))
 
     def test_the_socket_is_for_its_group(self):
-        outsider = self.agent_as(USER_B, groups=None)
-        with self.assertRaises(AgentError) as cm:
-            outsider.connect(self.sock)
-        self.assertEqual(cm.exception.name, "PermissionError")
+        self.assertOutsiderRefused()
         self.assertEqual(self.http("POST", "/sign", {
             "keyHandle": self.sym, "algorithm": "HMAC-SHA256", "parameters": {"message": ""}},
             via=self.agent_as(USER_B)).status, 200)
@@ -1306,12 +1183,7 @@ class ThrottlingTest(KeysHttpTestCase):
         for conn in held:
             self.served(conn)
 
-        extra = a.connect(self.sock)
-        try:
-            extra.send(request_bytes("GET", f"/key/throttle?api-version={V2021}"))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed before the request went out
-        self.assertTrue(extra.is_closed(), "the connection over the limit got an answer")
+        self.assertDropped(a.connect(self.sock), "/key/throttle")
         poll(lambda: f"Max simultaneous connections reached for user {self.uid_a}"
              in self.gateway_log(), "the throttling log line")
 

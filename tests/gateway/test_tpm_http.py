@@ -21,43 +21,34 @@ the socket import).
 Environment: AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOT_TPMD (the aziot-tpmd to run).
 """
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import re
-import shutil
-import stat
 import sys
-import tempfile
-import time
 import unittest
 import urllib.parse
 
 SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or \
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
-GATEWAYD = os.path.join(BUILD_DIR, "gateway", "aziot-gatewayd")
-TPMD = os.environ.get("AZIOT_TPMD") or os.path.join(BUILD_DIR, "services", "tpm", "aziot-tpmd")
 
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
-import aziot_harness  # noqa: E402
 import aziot_openapi  # noqa: E402
 import aziot_stack  # noqa: E402
 import aziot_tpm  # noqa: E402
-from aziot_http import Agent, AgentError, Connection, Response, curl, request_bytes  # noqa: E402
+from aziot_http import Connection, Response, request_bytes  # noqa: E402
+from aziot_http_suite import BUILD_DIR, GATEWAYD, USER_A, USER_B, ServiceHttpTestCase, at, \
+    c_array, compact, gateway_source, poll  # noqa: E402
+from aziot_keys_oracle import b64, hmac256  # noqa: E402
 
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
+TPMD = os.environ.get("AZIOT_TPMD") or os.path.join(BUILD_DIR, "services", "tpm", "aziot-tpmd")
 API = "2020-09-01"
 TPM_GROUP = "aziottpm"
 TPM_NAME = "org.aziot.Tpm1"
-USER_A, USER_B = aziot_harness.TEST_USERS
 AUTH_KEY_HANDLE = 0x81000100
 INTERNAL = "internal error"
 TOO_LARGE = "request body too large"
-POLL_TIMEOUT = 10
 BODY_TIMEOUT_MS = 1000  # the gateway's deadline for a request's body (5 s upstream)
 BLOB_MAX = 8192  # tpmd's limits: dbus/org.aziot.Tpm1.xml
 SIGN_DATA_MAX = 65536
@@ -67,79 +58,42 @@ ROUTES = (("GET", "/get_tpm_keys"),) + tuple((m, p) for m, p, _ in POST_ROUTES)
 OPENAPI = aziot_openapi.OpenApi(os.path.join(SOURCE_DIR, "interfaces", "tpm.yaml"))
 
 
-def b64(data):
-    return base64.b64encode(data).decode()
-
-
-def hmac256(key, data):
-    return hmac.new(key, data, hashlib.sha256).digest()
-
-
 def not_authorized(uid):
     return f"user {uid} is not authorized to import the TPM authentication key"
 
 
-def compact(value):
-    """JSON as upstream (serde_json) writes it: no spaces, members in declaration order."""
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def at(body, marker, text):
-    """(body, text + serde's position): the column where the first marker in body ends, or of
-    the body's last byte without a marker."""
-    column = len(body) if marker is None else body.index(marker) + len(marker)
-    return body, f"{text} at line 1 column {column}"
-
-
-def poll(predicate, what, timeout=POLL_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-class TpmHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
+class TpmHttpTestCase(ServiceHttpTestCase):
     """A stack and a swtpm per class: bus, polkitd, tpmd activatable (no idle exit) on the
     swtpm, and the gateway on run_dir/sockets/tpmd.sock, mode 0660 and group aziottpm as a
     packaged socket unit makes it. A class may set MAX_REQUESTS (tpmd's max_requests)."""
 
-    MAX_REQUESTS = None
+    GROUP = TPM_GROUP
+    RUN_DIR_PREFIX = "aziot-gwt-"
+    API = API
+    OPENAPI = OPENAPI
+    REQUIRED = (GATEWAYD, TPMD)
+    NOT_BUILT = AssertionError
+    BODY_TIMEOUT_MS = BODY_TIMEOUT_MS
+    BYTE_EXACT = True
+    swtpm = None
 
     @classmethod
-    def setUpClass(cls):
-        for exe in (GATEWAYD, TPMD):
-            if not os.access(exe, os.X_OK):
-                raise AssertionError(f"{exe} is not built")
-        users = aziot_harness.ensure_test_users()
-        cls.uid_a, cls.uid_b = users[USER_A].pw_uid, users[USER_B].pw_uid
-        cls.tpm_gid = aziot_harness.ensure_group(TPM_GROUP).gr_gid
-        cls.run_dir = tempfile.mkdtemp(prefix="aziot-gwt-", dir="/tmp")
-        os.chmod(cls.run_dir, 0o755)
-        cls.stack = aziot_harness.Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR)
-        cls.failed = False
+    def start_stack(cls):
         cls.swtpm = aziot_tpm.Swtpm(os.path.join(cls.run_dir, "swtpm"))
-        try:
-            cls.swtpm.start()
-            cls.stack.start()
-            cls.services = aziot_stack.TpmServices(
-                cls.stack, cls.swtpm.tcti, tpmd_args=["--idle-timeout=0"],
-                tpmd_env={"AZIOT_LOG": "debug"}, tpmd_binary=TPMD,
-                gateway_env={"AZIOT_LOG": "debug",
-                             "AZIOT_GATEWAY_BODY_TIMEOUT_MS": str(BODY_TIMEOUT_MS)})
-            cls.services.start(max_requests=cls.MAX_REQUESTS)
-            cls.sock = cls.services.tpmd_socket
-            os.chown(cls.sock, 0, cls.tpm_gid)
-            cls.gateway = cls.services.gateway
-            cls.prepare_class()
-        except BaseException:
-            cls.stack.stop()
+        cls.swtpm.start()
+        cls.stack.start()
+        cls.services = aziot_stack.TpmServices(
+            cls.stack, cls.swtpm.tcti, tpmd_args=["--idle-timeout=0"],
+            tpmd_env={"AZIOT_LOG": "debug"}, tpmd_binary=TPMD, gateway_env=cls.gateway_env())
+        cls.services.start(max_requests=cls.MAX_REQUESTS)
+        cls.sock = cls.services.tpmd_socket
+        cls.gateway = cls.services.gateway
+
+    @classmethod
+    def stop_class(cls):
+        super().stop_class()
+        if cls.swtpm is not None:
             cls.swtpm.stop()
-            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
-            raise
 
     @classmethod
     def prepare_class(cls):
@@ -152,23 +106,6 @@ class TpmHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
             c.close()
         if r.status != 200:
             raise AssertionError(f"GET /get_tpm_keys: {r.status} {r.body[:300]!r}")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-        cls.swtpm.stop()
-        logs = os.path.join(cls.run_dir, "logs")
-        reports = []
-        for name in sorted(os.listdir(logs)):
-            text = aziot_harness._read_text(os.path.join(logs, name))
-            if "Sanitizer" in text or "runtime error:" in text:
-                reports.append(f"--- {name}\n{text}")
-        if cls.failed or reports:
-            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(cls.run_dir, ignore_errors=True)
-        if reports:
-            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
 
     def setUp(self):
         self.evict_auth_key()
@@ -209,46 +146,6 @@ class TpmHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def http(self, method, path, body=None, version=API, via=None,
-             content_type="application/json", conn=None, documented=True):
-        """One request on a new connection (via: an Agent, to ask as its user), or on conn (left
-        open); the answer is checked against tpm.yaml unless not documented (the generic 415
-        and 422 of a path without the method, which tpm.yaml describes in words only)."""
-        target = path if version is None else \
-            f"{path}{'&' if '?' in path else '?'}api-version={version}"
-        c = conn if conn is not None else \
-            via.connect(self.sock) if via else Connection(self.sock)
-        try:
-            c.send(request_bytes(method, target, body, None, content_type))
-            r = c.read_response(head_request=method == "HEAD")
-        finally:
-            if conn is None:
-                c.close()
-        if method != "HEAD" and documented:
-            self.assertDocumented(method, path, r, body)
-        return r
-
-    def assertDocumented(self, method, path, r, body=None):
-        request = body if isinstance(body, dict) else None
-        self.assertEqual(OPENAPI.response_errors(method, path.split("?")[0], r, request), [],
-                         f"{method} {path} -> {r.status} {r.body[:300]!r}")
-
-    def assertJsonHeaders(self, r):
-        self.assertIn(b"\r\ncontent-type: application/json\r\n", r.raw_head + b"\r\n")
-        self.assertEqual(r.header("content-type"), b"application/json")
-        self.assertEqual(int(r.header("content-length")), len(r.body))
-
-    def assertOk(self, r, body):
-        """A 200 whose body is exactly body, as upstream writes it."""
-        self.assertEqual(r.status, 200, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.body, compact(body))
-
-    def assertError(self, r, status, message):
-        self.assertEqual(r.status, status, r.body)
-        self.assertJsonHeaders(r)
-        self.assertEqual(r.body, compact({"message": message}))
-
     def get_keys(self, via=None):
         r = self.http("GET", "/get_tpm_keys", via=via)
         self.assertEqual(r.status, 200, r.body)
@@ -267,28 +164,8 @@ class TpmHttpTestCase(aziot_harness.StackTestMixin, unittest.TestCase):
     def assertSigns(self, key, data=b"m", via=None):
         self.assertOk(self.sign(data, via=via), {"digest": b64(hmac256(key, data))})
 
-    def curl(self, method, path, body=None, user=None):
-        argv = ["curl", "-sS", "-i", "--unix-socket", self.sock, "-X", method,
-                f"http://tpmd.sock{path}?api-version={API}"]
-        if body is not None:
-            argv += ["--data-binary", json.dumps(body), "-H", "Content-Type: application/json"]
-        r = curl(argv, self.stack, user, [TPM_GROUP])
-        self.assertDocumented(method, path, r, body)
-        return r
-
-    def agent_as(self, user, groups=(TPM_GROUP,)):
-        agent = Agent.start_as(self.stack, user, groups,
-                               os.path.join(self.run_dir, "logs", f"agent-{user}.log"))
-        self.addCleanup(agent.close)
-        return agent
-
-    def gateway_log(self):
-        return aziot_harness._read_text(os.path.join(self.run_dir, "logs", "gateway-tpmd.log"))
-
     def tpmd_pid(self):
-        return int(self.stack.bus().call_blocking(
-            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-            "GetConnectionUnixProcessID", "s", (TPM_NAME,)))
+        return self.service_pid(TPM_NAME)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,15 +387,14 @@ class FirstUseTest(TpmHttpTestCase):
 class InterfaceDocumentTest(unittest.TestCase):
     def test_document_lists_every_route_of_the_table(self):
         """interfaces/tpm.yaml and the route table of gateway/tpm-routes.c say the same."""
-        with open(os.path.join(SOURCE_DIR, "gateway", "tpm-routes.c")) as f:
-            source = f.read()
-        table = re.search(r"tpm_routes\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        source = gateway_source("tpm-routes.c")
+        table = c_array(source, "tpm_routes")
         routes = re.findall(r'\{ HTTP_(\w+), "([^"]+)", (\w+), (\w+),', table)
         self.assertEqual(len(routes), 3)
         self.assertEqual({(m, p) for m, p, _, _ in routes}, set(OPENAPI.operations))
         self.assertEqual(set(ROUTES), set(OPENAPI.operations))
         # Every route takes exactly the versions of the table, which the document lists.
-        versions = re.search(r"tpm_api_versions\[\] = \{(.*?)\n\};", source, re.S).group(1)
+        versions = c_array(source, "tpm_api_versions")
         names = dict(re.findall(r'\[(\w+)\] = "([^"]+)"', versions))
         self.assertEqual(list(names.values()), [API])
         for _, _, low, high in routes:
@@ -697,15 +573,7 @@ class BadInputTest(TpmHttpTestCase):
     def test_oversized_bodies(self):
         for _, path, member in POST_ROUTES:
             with self.subTest(path=path):
-                c = Connection(self.sock)
-                self.addCleanup(c.close)
-                c.send(f"POST {path}?api-version={API} HTTP/1.1\r\ncontent-type: "
-                       f"application/json\r\ncontent-length: {2 << 20}\r\n\r\n".encode())
-                try:
-                    c.send(b'{"%s":"' % member.encode() + b"A" * (2 << 20))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the gateway stopped reading, as it should
-                r = c.read_response()
+                c, r = self.post_oversized(path, b'{"%s":"' % member.encode())
                 self.assertError(r, 413, TOO_LARGE)
                 self.assertDocumented("POST", path, r)
                 self.assertEqual(r.header("connection"), b"close")
@@ -714,15 +582,8 @@ class BadInputTest(TpmHttpTestCase):
     def test_slow_bodies(self):
         for _, path, member in POST_ROUTES:
             with self.subTest(path=path):
-                c = Connection(self.sock)
-                self.addCleanup(c.close)
-                body = b'{"%s":""}' % member.encode()
-                c.send(f"POST {path}?api-version={API} HTTP/1.1\r\ncontent-type: "
-                       f"application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode() +
-                       body[:-1])
-                start = time.monotonic()
-                r = c.read_response()
-                self.assertGreaterEqual(time.monotonic() - start, BODY_TIMEOUT_MS / 1000 * 0.9)
+                c, r, waited = self.post_slowly(path, b'{"%s":""}' % member.encode())
+                self.assertGreaterEqual(waited, BODY_TIMEOUT_MS / 1000 * 0.9)
                 self.assertError(r, 408, "deadline has elapsed")
                 self.assertDocumented("POST", path, r)
                 self.assertTrue(c.is_closed())
@@ -740,12 +601,8 @@ class AuthorizationTest(TpmHttpTestCase):
         self.a = self.agent_as(USER_A)
 
     def test_the_socket_is_for_its_group(self):
-        st = os.stat(self.sock)
-        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o660, self.tpm_gid))
-        outsider = self.agent_as(USER_B, groups=None)
-        with self.assertRaises(AgentError) as cm:
-            outsider.connect(self.sock)
-        self.assertEqual(cm.exception.name, "PermissionError")
+        self.assertSocketMode()
+        self.assertOutsiderRefused()
         # The same user in the group is served.
         ek, srk = self.tpm_keys()
         self.assertEqual(self.get_keys(via=self.agent_as(USER_B)),
@@ -821,61 +678,10 @@ class ThrottlingTest(TpmHttpTestCase):
         self.assertJsonHeaders(r)
         self.assertEqual(r.json(), self.keys)
 
-    def assertDropped(self, conn):
-        try:
-            conn.send(request_bytes("GET", f"/get_tpm_keys?api-version={API}"))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed before the request went out
-        self.assertTrue(conn.is_closed(), "the connection over the limit got an answer")
-
-    def throttled_lines(self, uid):
-        return self.gateway_log().count(f"Max simultaneous connections reached for user {uid}\n")
-
-    def connect_as_root(self):
-        c = Connection(self.sock)
-        self.addCleanup(c.close)
-        return c
-
     def test_connections_per_uid(self):
         self.assertIn("Serving tpmd.sock at", self.gateway_log())
         self.assertIn(f"(max_requests = {self.MAX_REQUESTS})", self.gateway_log())
-        a = self.agent_as(USER_A)
-        held = [a.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
-        for conn in held:
-            self.served(conn)
-
-        self.assertDropped(a.connect(self.sock))
-        poll(lambda: self.throttled_lines(self.uid_a) == 1, "the throttling log line")
-
-        # Meanwhile another uid, and root, are served, each up to the limit.
-        b = self.agent_as(USER_B)
-        others = [b.connect(self.sock) for _ in range(self.MAX_REQUESTS)]
-        others += [self.connect_as_root() for _ in range(self.MAX_REQUESTS)]
-        for conn in others:
-            self.served(conn)
-        for conn in held:
-            self.served(conn)
-        self.assertEqual((self.throttled_lines(self.uid_b), self.throttled_lines(0)), (0, 0))
-        # Root over the limit is dropped too.
-        self.assertDropped(self.connect_as_root())
-        poll(lambda: self.throttled_lines(0) == 1, "root's throttling log line")
-
-        # One goes: a new one of a's is served, once the gateway has seen it go.
-        held.pop().close()
-
-        def a_new_one_is_served():
-            conn = a.connect(self.sock)
-            try:
-                self.served(conn)
-                return conn
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                return None
-        held.append(poll(a_new_one_is_served, "a freed slot to be usable"))
-        # The slot is taken again: the limit still holds.
-        self.assertDropped(a.connect(self.sock))
-        for conn in held:
-            self.served(conn)
+        self.check_connections_per_uid("/get_tpm_keys", root_limited=True)
 
 
 if __name__ == "__main__":

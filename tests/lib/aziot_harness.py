@@ -48,7 +48,9 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+import unittest
 from xml.sax.saxutils import escape as xml_escape
 
 try:
@@ -79,6 +81,10 @@ SYNC_RULES = "zz-aziot-harness-sync.rules"
 FINISHED_LOADING = "Finished loading, compiling and executing"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The source tree and the build that tests run: AZIOT_SOURCE_DIR and AZIOT_BUILD_DIR, else this
+# tree and its build/.
+SOURCE_DIR = os.environ.get("AZIOT_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
 
 
 # Connects to an abstract Unix socket and stays there until the other end closes it.
@@ -845,6 +851,70 @@ class StackTestMixin:
         for name in getattr(self, "rules", []):
             self.stack.remove_rules(name)
         self.rules = []
+
+
+class StackTestCase(StackTestMixin, unittest.TestCase):
+    """A TestCase class with a Stack of its own (cls.stack, on cls.run_dir). setUpClass() checks
+    that what REQUIRED names is built (else raises NOT_BUILT), makes run_dir (RUN_DIR_PREFIX, in
+    RUN_DIR_PARENT or the default temporary directory; searchable by the test users and polkitd)
+    and the stack (with stack_options()), then calls start_class(); when that fails,
+    stop_class(), and run_dir is kept. tearDownClass() calls stop_class() and keeps run_dir when a
+    test failed or, with SANITIZER_REPORTS, when a log holds a sanitizer's report (which fails
+    the class); else removes it."""
+
+    RUN_DIR_PREFIX = "aziot-test-"
+    RUN_DIR_PARENT = None
+    REQUIRED = ()
+    NOT_BUILT = unittest.SkipTest  # AssertionError: a suite that must not be skipped
+    SANITIZER_REPORTS = False
+
+    @classmethod
+    def setUpClass(cls):
+        for path in cls.REQUIRED:
+            if not os.access(path, os.X_OK):
+                raise cls.NOT_BUILT(f"{path} is not built")
+        cls.run_dir = tempfile.mkdtemp(prefix=cls.RUN_DIR_PREFIX, dir=cls.RUN_DIR_PARENT)
+        os.chmod(cls.run_dir, 0o755)
+        cls.failed = False
+        cls.stack = Stack(cls.run_dir, SOURCE_DIR, BUILD_DIR, **cls.stack_options())
+        try:
+            cls.start_class()
+        except BaseException:
+            cls.stop_class()
+            print(f"stack logs kept in {cls.run_dir}", file=sys.stderr)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_class()
+        reports = []
+        if cls.SANITIZER_REPORTS:
+            logs = os.path.join(cls.run_dir, "logs")
+            for name in sorted(os.listdir(logs)):
+                text = _read_text(os.path.join(logs, name))
+                if "Sanitizer" in text or "runtime error:" in text:
+                    reports.append(f"--- {name}\n{text}")
+        if cls.failed or reports:
+            print(f"\nstack logs kept in {cls.run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(cls.run_dir, ignore_errors=True)
+        if reports:
+            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
+
+    @classmethod
+    def stack_options(cls):
+        """Keyword arguments of the class's Stack, besides its directories (run_dir exists)."""
+        return {}
+
+    @classmethod
+    def start_class(cls):
+        """Starts the stack and what the class tests on it."""
+        raise NotImplementedError
+
+    @classmethod
+    def stop_class(cls):
+        """Stops what start_class() started, also when it did not get far."""
+        cls.stack.stop()
 
 
 def _check_reachable(path):
