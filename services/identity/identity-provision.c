@@ -389,6 +389,15 @@ static void provisioned(Manager *m, Provisioning *p, int error, const char *mess
         done(m, error, message, userdata);
 }
 
+/* The caller hears of it; the device in use and its backup stay (upstream forgets both, and
+ * then crash-loops while DPS is out of reach). */
+static void provisioning_failed(Manager *m, Provisioning *p, int error, const char *message)
+{
+        identity_set_state(m, m->device.device_id ? IDENTITY_STATE_PROVISIONED
+                                                  : IDENTITY_STATE_FAILED);
+        provisioned(m, p, error, message);
+}
+
 static void reconcile(Manager *m, Provisioning *p)
 {
         char text[MESSAGE_MAX];
@@ -414,16 +423,12 @@ static void on_dps(Manager *m, int error, const char *message, bool network,
         int r;
 
         if (error < 0) {
-                /* The caller hears of it; the device in use and its backup stay (upstream
-                 * forgets both, and then crash-loops while DPS is out of reach). */
-                identity_set_state(m, m->device.device_id ? IDENTITY_STATE_PROVISIONED
-                                                          : IDENTITY_STATE_FAILED);
-                provisioned(m, p, error, message);
+                provisioning_failed(m, p, error, message);
                 return;
         }
         r = identity_adopt_device(m, device, text, sizeof(text));
         if (r < 0) {
-                provisioned(m, p, r, text);
+                provisioning_failed(m, p, r, text);
                 return;
         }
         reconcile(m, p);
@@ -455,7 +460,7 @@ int identity_provision_start(Manager *m, bool use_backup,
                                              c->device_id },
                           text, sizeof(text));
                 if (r < 0) {
-                        provisioned(m, p, r, text);
+                        provisioning_failed(m, p, r, text);
                         return 0;
                 }
                 reconcile(m, p);
@@ -475,11 +480,13 @@ int identity_provision_start(Manager *m, bool use_backup,
         if (m->state != IDENTITY_STATE_PROVISIONED && m->state != IDENTITY_STATE_OFFLINE)
                 identity_set_state(m, IDENTITY_STATE_PROVISIONING);
         r = identity_dps_register(m, on_dps, p);
-        if (r < 0) {
+        if (r == -EBUSY) /* the running registration decides the state */
+                provisioned(m, p, r,
+                            "DPS client error\ncaused by: a registration is already running");
+        else if (r < 0) {
                 (void)snprintf(text, sizeof(text), "DPS client error\ncaused by: %s",
-                               r == -EBUSY ? "a registration is already running"
-                                           : strerror(-r));
-                provisioned(m, p, r, text);
+                               strerror(-r));
+                provisioning_failed(m, p, r, text);
         }
         return 0;
 }

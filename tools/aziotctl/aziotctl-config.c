@@ -221,7 +221,15 @@ static int write_owned(const char *path, const void *data, size_t len, const Ser
         *strrchr(dir, '/') = 0;
         struct stat st;
         if (stat(dir, &st) < 0) {
-                r = mkdir_parents(dir, 0700);
+                /* The directories on the way stay traversable (0755); only the file's own
+                 * directory is private to the service's user. */
+                _cleanup_free_ char *parent = strdup(dir);
+                if (!parent)
+                        return -ENOMEM;
+                *strrchr(parent, '/') = 0;
+                r = isempty(parent) ? 0 : mkdir_parents(parent, 0755);
+                if (r >= 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+                        r = -errno;
                 if (r >= 0 && chown(dir, u->uid, u->gid) < 0)
                         r = -errno;
                 if (r < 0) {
