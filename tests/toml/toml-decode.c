@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json-write.h"
 #include "macro.h"
 #include "toml.h"
 
@@ -53,45 +54,6 @@ static int read_stdin(char **ret, size_t *ret_len)
         *ret = TAKE_PTR(data);
         *ret_len = len;
         return 0;
-}
-
-/* A JSON string; s may hold NUL bytes and is valid UTF-8 (the parser guarantees it). */
-static void print_json_string(FILE *f, const char *s, size_t len)
-{
-        fputc('"', f);
-        for (size_t i = 0; i < len; i++) {
-                unsigned char c = s[i];
-
-                switch (c) {
-                case '"':
-                        fputs("\\\"", f);
-                        break;
-                case '\\':
-                        fputs("\\\\", f);
-                        break;
-                case '\b':
-                        fputs("\\b", f);
-                        break;
-                case '\f':
-                        fputs("\\f", f);
-                        break;
-                case '\n':
-                        fputs("\\n", f);
-                        break;
-                case '\r':
-                        fputs("\\r", f);
-                        break;
-                case '\t':
-                        fputs("\\t", f);
-                        break;
-                default:
-                        if (c < 0x20 || c == 0x7F)
-                                fprintf(f, "\\u%04x", c);
-                        else
-                                fputc(c, f);
-                }
-        }
-        fputc('"', f);
 }
 
 static void format_float(double x, char *buf, size_t size)
@@ -128,7 +90,7 @@ static void print_leaf(FILE *f, const TomlValue *v)
         fprintf(f, "{\"type\": \"%s\", \"value\": ", toml_type_to_string(v->type));
         switch (v->type) {
         case TOML_STRING:
-                print_json_string(f, v->string.data, v->string.len);
+                json_write_string_len(f, v->string.data, v->string.len);
                 break;
         case TOML_INTEGER:
                 fprintf(f, "\"%" PRId64 "\"", v->integer);
@@ -169,7 +131,7 @@ static void print_value(FILE *f, const TomlValue *v, unsigned level)
                                 fputs(",\n", f);
                         first = false;
                         print_indent(f, level + 1);
-                        print_json_string(f, e->key, e->key_len);
+                        json_write_string_len(f, e->key, e->key_len);
                         fputs(": ", f);
                         print_value(f, e->value, level + 1);
                 }

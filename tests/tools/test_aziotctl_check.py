@@ -274,6 +274,16 @@ class CheckTest(CheckBase):
         self.assertIn("10-timeout.toml", details)
         self.assertEqual(self.result(checks, "hostname"), "skipped")
 
+    def test_certd_wrong_type(self):
+        # well-formed TOML that certd's own parser refuses (it takes the tree also on failure)
+        self.write("etc/aziot/certd/config.d/10-home.toml", "homedir_path = 5\n")
+        rc, checks, _ = self.check()
+        self.assertEqual(rc, 1)
+        self.assertEqual(self.result(checks, "certd-config-well-formed"), "error")
+        self.assertIn("homedir_path", self.details(checks, "certd-config-well-formed"))
+        self.assertEqual(self.result(checks, "certs-preloaded"), "skipped")
+        self.assertEqual(self.result(checks, "keyd-config-well-formed"), "ok")
+
     def test_keyd_and_tpmd_malformed(self):
         self.write("etc/aziot/keyd/config.toml", "[preloaded_keys]\nk = 5\n")
         self.write("etc/aziot/tpmd/config.toml", 'auth_key_index = "x"\n')

@@ -390,10 +390,16 @@ class MpTest(TempRootMixin, unittest.TestCase):
 
     def test_bad_connection_strings(self):
         out = os.path.join(self.root, "c.toml")
-        for cs, words in (("DeviceId=d;SharedAccessKey=YWJj", "no HostName"),
-                          ("HostName=h;SharedAccessKey=YWJj", "no DeviceId"),
-                          ("HostName=h;DeviceId=d", "no SharedAccessKey"),
-                          ("HostName=h;DeviceId=d;SharedAccessKey=*x*", "not valid base64")):
+        for cs, words in (("DeviceId=d;SharedAccessKey=YWJj", "HostName is missing"),
+                          ("HostName=h;SharedAccessKey=YWJj", "DeviceId is missing"),
+                          ("HostName=h;DeviceId=d", "SharedAccessKey is missing"),
+                          ("HostName=h;DeviceId=d;SharedAccessKey=*x*",
+                           "SharedAccessKey: not a valid base64 key"),
+                          # what config apply refuses, mp refuses before writing it
+                          ("HostName=h;DeviceId=d;SharedAccessKey=YWJjZ",
+                           "SharedAccessKey: not a valid base64 key"),
+                          ("HostName=h;junk;DeviceId=d;SharedAccessKey=YWJj",
+                           "'junk' is not KEY=VALUE")):
             with self.subTest(cs=cs):
                 r = aziotctl("config", "mp", "-c", cs, "-o", out)
                 self.assertEqual(r.returncode, 1)

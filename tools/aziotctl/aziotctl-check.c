@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,86 +101,49 @@ static int load_merged(const char *svc, TomlValue **ret, char *message, size_t s
         return r;
 }
 
-static void check_keyd_config(CheckContext *c, CheckResult *res)
-{
-        char message[512];
-        ConfigError e = {};
+/* The four daemons' configurations, each read with the daemon's own parser. parse() hands root to
+ * that parser and stores what it returns in c; it may take root (setting *root to NULL). ok_offset
+ * is where c says that the configuration could be read, for the checks that need it. */
+typedef struct ServiceConfig {
+        const char *name;
+        int (*parse)(CheckContext *c, TomlValue **root, ConfigError *ret_error);
+        size_t ok_offset;
+        void (*then)(CheckContext *c, CheckResult *res); /* more checks on a good configuration */
+} ServiceConfig;
 
-        if (load_merged("keyd", &c->keyd_root, message, sizeof(message)) < 0) {
-                check_set(res, CHECK_ERROR, "keyd configuration is malformed: %s", message);
-                return;
-        }
-        if (keys_config_parse(c->keyd_root, &c->keys, &e) < 0) {
-                check_set(res, CHECK_ERROR, "keyd configuration is malformed: %s",
-                          config_error_format(&e, message, sizeof(message)));
-                config_error_done(&e);
-                return;
-        }
-        c->keys_ok = true;
+static int parse_keyd(CheckContext *c, TomlValue **root, ConfigError *ret_error)
+{
+        /* The preloaded-key checks read [preloaded_keys] from the tree itself. */
+        c->keyd_root = TAKE_PTR(*root);
+        return keys_config_parse(c->keyd_root, &c->keys, ret_error);
 }
 
-static void check_certd_config(CheckContext *c, CheckResult *res)
+static int parse_certd(CheckContext *c, TomlValue **root, ConfigError *ret_error)
 {
-        TomlValue *root = NULL;
-        char message[512];
-        ConfigError e = {};
-
-        if (load_merged("certd", &root, message, sizeof(message)) < 0) {
-                check_set(res, CHECK_ERROR, "certd configuration is malformed: %s", message);
-                return;
-        }
-        if (certs_config_parse(root, &c->certs, &e) < 0) {
-                check_set(res, CHECK_ERROR, "certd configuration is malformed: %s",
-                          config_error_format(&e, message, sizeof(message)));
-                config_error_done(&e);
-                return;
-        }
-        c->certs_ok = true;
+        /* certs_config_parse() takes root, also on failure; c->certs keeps pointers into it. */
+        return certs_config_parse(TAKE_PTR(*root), &c->certs, ret_error);
 }
 
-static void check_tpmd_config(CheckContext *c, CheckResult *res)
+static int parse_tpmd(CheckContext *c, TomlValue **root, ConfigError *ret_error)
 {
-        _cleanup_toml_ TomlValue *root = NULL;
-        char message[512];
-        ConfigError e = {};
-
-        if (load_merged("tpmd", &root, message, sizeof(message)) < 0) {
-                check_set(res, CHECK_ERROR, "tpmd configuration is malformed: %s", message);
-                return;
-        }
-        if (tpm_config_parse(root, &c->tpm, &e) < 0) {
-                check_set(res, CHECK_ERROR, "tpmd configuration is malformed: %s",
-                          config_error_format(&e, message, sizeof(message)));
-                config_error_done(&e);
-                return;
-        }
-        c->tpm_ok = true;
+        return tpm_config_parse(*root, &c->tpm, ret_error);
 }
 
-static void check_identityd_config(CheckContext *c, CheckResult *res)
+static int parse_identityd(CheckContext *c, TomlValue **root, ConfigError *ret_error)
 {
-        _cleanup_toml_ TomlValue *root = NULL, *prev = NULL;
+        return identity_config_parse(*root, &c->identity, ret_error);
+}
+
+/* What identityd recorded at its last reconciliation: the hub it provisioned to. */
+static void read_identityd_prev_state(CheckContext *c, CheckResult *res)
+{
+        _cleanup_toml_ TomlValue *prev = NULL;
         _cleanup_free_ char *prev_path = NULL, *homedir = NULL;
         const TomlValue *device = NULL;
         const char *s;
-        char message[512];
-        ConfigError e = {};
         TomlError te = {};
         int r;
 
-        if (load_merged("identityd", &root, message, sizeof(message)) < 0) {
-                check_set(res, CHECK_ERROR, "identityd configuration is malformed: %s", message);
-                return;
-        }
-        if (identity_config_parse(root, &c->identity, &e) < 0) {
-                check_set(res, CHECK_ERROR, "identityd configuration is malformed: %s",
-                          config_error_format(&e, message, sizeof(message)));
-                config_error_done(&e);
-                return;
-        }
-        c->identity_ok = true;
-
-        /* What identityd recorded at its last reconciliation: the hub it provisioned to. */
         homedir = ctl_path(c->identity.homedir);
         if (!homedir || asprintf(&prev_path, "%s/prev_state", homedir) < 0)
                 return;
@@ -194,6 +158,50 @@ static void check_identityd_config(CheckContext *c, CheckResult *res)
         if (config_get_table(prev, "device", &device, NULL) >= 0 &&
             config_get_string(device, "hub_name", &s, NULL) >= 0)
                 c->prev_hub = strdup(s);
+}
+
+enum { SVC_KEYD, SVC_CERTD, SVC_TPMD, SVC_IDENTITYD };
+
+static const ServiceConfig service_configs[] = {
+        [SVC_KEYD] = {"keyd", parse_keyd, offsetof(CheckContext, keys_ok), NULL},
+        [SVC_CERTD] = {"certd", parse_certd, offsetof(CheckContext, certs_ok), NULL},
+        [SVC_TPMD] = {"tpmd", parse_tpmd, offsetof(CheckContext, tpm_ok), NULL},
+        [SVC_IDENTITYD] = {"identityd", parse_identityd, offsetof(CheckContext, identity_ok),
+                           read_identityd_prev_state},
+};
+
+/* What a check needs: the configurations it reads (skipped when one could not be read). */
+enum {
+        NEEDS_KEYD = 1 << SVC_KEYD,
+        NEEDS_CERTD = 1 << SVC_CERTD,
+        NEEDS_TPMD = 1 << SVC_TPMD,
+        NEEDS_IDENTITYD = 1 << SVC_IDENTITYD,
+};
+
+static bool *service_config_ok(CheckContext *c, const ServiceConfig *s)
+{
+        return (bool *)((char *)c + s->ok_offset);
+}
+
+static void check_service_config(CheckContext *c, const ServiceConfig *s, CheckResult *res)
+{
+        _cleanup_toml_ TomlValue *root = NULL;
+        char message[512];
+        ConfigError e = {};
+
+        if (load_merged(s->name, &root, message, sizeof(message)) < 0) {
+                check_set(res, CHECK_ERROR, "%s configuration is malformed: %s", s->name, message);
+                return;
+        }
+        if (s->parse(c, &root, &e) < 0) {
+                check_set(res, CHECK_ERROR, "%s configuration is malformed: %s", s->name,
+                          config_error_format(&e, message, sizeof(message)));
+                config_error_done(&e);
+                return;
+        }
+        *service_config_ok(c, s) = true;
+        if (s->then)
+                s->then(c, res);
 }
 
 static bool file_newer(const struct stat *a, const struct stat *b)
@@ -987,29 +995,25 @@ static void check_dps_endpoint(CheckContext *c, CheckResult *res)
 
 /* ---- the table ---- */
 
-enum {
-        NEEDS_KEYD = 1 << 0,
-        NEEDS_CERTD = 1 << 1,
-        NEEDS_TPMD = 1 << 2,
-        NEEDS_IDENTITYD = 1 << 3,
-};
-
 typedef struct Check {
         const char *id, *description;
         unsigned section; /* 0: configuration, 1: connectivity */
         unsigned needs;
         void (*run)(CheckContext *c, CheckResult *res);
+        const ServiceConfig *config; /* instead of run: reads this configuration */
 } Check;
 
 static const char *const section_names[] = {"Configuration checks", "Connectivity checks"};
 
 static const Check checks[] = {
-        {"keyd-config-well-formed", "keyd configuration is well-formed", 0, 0, check_keyd_config},
-        {"certd-config-well-formed", "certd configuration is well-formed", 0, 0,
-         check_certd_config},
-        {"tpmd-config-well-formed", "tpmd configuration is well-formed", 0, 0, check_tpmd_config},
-        {"identityd-config-well-formed", "identityd configuration is well-formed", 0, 0,
-         check_identityd_config},
+        {"keyd-config-well-formed", "keyd configuration is well-formed", 0, 0, NULL,
+         &service_configs[SVC_KEYD]},
+        {"certd-config-well-formed", "certd configuration is well-formed", 0, 0, NULL,
+         &service_configs[SVC_CERTD]},
+        {"tpmd-config-well-formed", "tpmd configuration is well-formed", 0, 0, NULL,
+         &service_configs[SVC_TPMD]},
+        {"identityd-config-well-formed", "identityd configuration is well-formed", 0, 0, NULL,
+         &service_configs[SVC_IDENTITYD]},
         {"configs-up-to-date", "daemon configurations up-to-date with config.toml", 0, 0,
          check_configs_up_to_date},
         {"hostname", "identityd config toml file specifies a valid hostname", 0, NEEDS_IDENTITYD,
@@ -1053,16 +1057,11 @@ static const Check checks[] = {
          check_iothub_mqtt},
 };
 
-static const char *missing_config(const CheckContext *c, unsigned needs)
+static const char *missing_config(CheckContext *c, unsigned needs)
 {
-        if ((needs & NEEDS_KEYD) && !c->keys_ok)
-                return "keyd";
-        if ((needs & NEEDS_CERTD) && !c->certs_ok)
-                return "certd";
-        if ((needs & NEEDS_TPMD) && !c->tpm_ok)
-                return "tpmd";
-        if ((needs & NEEDS_IDENTITYD) && !c->identity_ok)
-                return "identityd";
+        for (size_t i = 0; i < ELEMENTSOF(service_configs); i++)
+                if ((needs & (1u << i)) && !*service_config_ok(c, &service_configs[i]))
+                        return service_configs[i].name;
         return NULL;
 }
 
@@ -1084,18 +1083,23 @@ static bool id_listed(const char *list, const char *id)
 
 /* ---- output ---- */
 
+static void print_details_json(FILE *f, const CheckResult *r)
+{
+        fputs(", \"details\": [", f);
+        for (size_t i = 0; i < r->n_details; i++) {
+                if (i > 0)
+                        fputs(", ", f);
+                json_write_string(f, r->details[i]);
+        }
+        fputs("]", f);
+}
+
+/* A failure's details go in the result, a success's in additional_info (print_check_json). */
 static void print_result_json(FILE *f, const CheckResult *r)
 {
         fprintf(f, "{\"result\": \"%s\"", result_names[r->kind]);
-        if (r->n_details > 0 && r->kind != CHECK_OK) {
-                fputs(", \"details\": [", f);
-                for (size_t i = 0; i < r->n_details; i++) {
-                        if (i > 0)
-                                fputs(", ", f);
-                        json_write_string(f, r->details[i]);
-                }
-                fputs("]", f);
-        }
+        if (r->n_details > 0 && r->kind != CHECK_OK)
+                print_details_json(f, r);
         fputs("}", f);
 }
 
@@ -1105,15 +1109,8 @@ static void print_check_json(FILE *f, const Check *ch, const CheckResult *r)
         print_result_json(f, r);
         fputs(", \"additional_info\": {\"description\": ", f);
         json_write_string(f, ch->description);
-        if (r->kind == CHECK_OK && r->n_details > 0) {
-                fputs(", \"details\": [", f);
-                for (size_t i = 0; i < r->n_details; i++) {
-                        if (i > 0)
-                                fputs(", ", f);
-                        json_write_string(f, r->details[i]);
-                }
-                fputs("]", f);
-        }
+        if (r->kind == CHECK_OK && r->n_details > 0)
+                print_details_json(f, r);
         fputs("}}", f);
 }
 
@@ -1202,19 +1199,6 @@ static const char *check_usage =
         "'aziotctl check-list' lists the checks. Exit status: 0 when no check failed, 1 when one\n"
         "did (or warned, with --warnings-as-errors), 2 for bad usage.\n";
 
-static int parse_check_output(const char *s, CtlOutput *ret, bool stream_ok)
-{
-        if (streq(s, "text"))
-                *ret = CTL_OUTPUT_TEXT;
-        else if (streq(s, "json"))
-                *ret = CTL_OUTPUT_JSON;
-        else if (stream_ok && streq(s, "json-stream"))
-                *ret = CTL_OUTPUT_JSON_STREAM;
-        else
-                return -EINVAL;
-        return 0;
-}
-
 int aziotctl_check(int argc, char **argv)
 {
         enum {
@@ -1254,11 +1238,8 @@ int aziotctl_check(int argc, char **argv)
                         dont_run = optarg;
                         break;
                 case 'o':
-                        if (parse_check_output(optarg, &output, true) < 0) {
-                                fprintf(stderr,
-                                        "aziotctl: --output must be text, json or json-stream\n");
+                        if (ctl_parse_output(optarg, /* stream_ok= */ true, &output) < 0)
                                 return AZIOTCTL_EXIT_USAGE;
-                        }
                         break;
                 case ARG_WARNINGS_AS_ERRORS:
                         warnings_as_errors = true;
@@ -1328,7 +1309,9 @@ int aziotctl_check(int argc, char **argv)
                         r.kind = CHECK_SKIPPED;
                         check_detail(&r, "skipped: the %s configuration could not be read",
                                      missing);
-                } else
+                } else if (ch->config)
+                        check_service_config(&c, ch->config, &r);
+                else
                         ch->run(&c, &r);
                 counts[r.kind]++;
 
@@ -1392,10 +1375,8 @@ int aziotctl_check_list(int argc, char **argv)
                         printf("Usage: aziotctl check-list [-o|--output text|json]\n");
                         return AZIOTCTL_EXIT_OK;
                 case 'o':
-                        if (parse_check_output(optarg, &output, false) < 0) {
-                                fprintf(stderr, "aziotctl: --output must be text or json\n");
+                        if (ctl_parse_output(optarg, /* stream_ok= */ false, &output) < 0)
                                 return AZIOTCTL_EXIT_USAGE;
-                        }
                         break;
                 default:
                         fprintf(stderr, "Usage: aziotctl check-list [-o|--output text|json]\n");

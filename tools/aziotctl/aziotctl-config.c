@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <pwd.h>
@@ -13,7 +12,6 @@
 #include "atomic-file.h"
 #include "aziotctl-paths.h"
 #include "aziotctl.h"
-#include "base64.h"
 #include "macro.h"
 #include "super-config.h"
 #include "toml.h"
@@ -44,62 +42,19 @@ static void help(FILE *f)
                 "                 services are not restarted when it is set.\n");
 }
 
-static int usage_error(const char *fmt, ...) _printf_(1, 2);
-static int usage_error(const char *fmt, ...)
+/* Refuses what `config apply` would refuse in the connection string mp writes. */
+static int check_connection_string(const char *text)
 {
-        va_list ap;
+        _cleanup_(connection_string_done) ConnectionString cs = {};
+        char message[256];
+        int r;
 
-        fprintf(stderr, "aziotctl config: ");
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fprintf(stderr, "\nTry 'aziotctl config --help'.\n");
-        return AZIOTCTL_EXIT_USAGE;
-}
-
-/* The checks upstream's `config mp` makes: HostName, DeviceId and a base64 SharedAccessKey. */
-static int check_connection_string(const char *cs)
-{
-        bool hub = false, device = false, key = false;
-        _cleanup_free_ char *copy = strdup(cs);
-        char *saveptr = NULL;
-
-        if (!copy)
-                return -ENOMEM;
-        for (char *part = strtok_r(copy, ";", &saveptr); part;
-             part = strtok_r(NULL, ";", &saveptr)) {
-                char *eq = strchr(part, '=');
-                if (!eq)
-                        continue;
-                *eq = 0;
-                const char *v = eq + 1;
-                if (streq(part, "HostName"))
-                        hub = *v;
-                else if (streq(part, "DeviceId"))
-                        device = *v;
-                else if (streq(part, "SharedAccessKey")) {
-                        size_t len = strlen(v);
-                        _cleanup_free_ char *padded = malloc(len + 4);
-                        if (!padded)
-                                return -ENOMEM;
-                        memcpy(padded, v, len);
-                        while (len % 4)
-                                padded[len++] = '=';
-                        padded[len] = 0;
-                        key = len > 0 && base64_validate(padded, len, NULL, 0) >= 0;
-                        if (!key) {
-                                fprintf(stderr, "aziotctl: the connection string's "
-                                                "SharedAccessKey is not valid base64\n");
-                                return -EINVAL;
-                        }
-                }
-        }
-        if (!hub || !device || !key) {
-                fprintf(stderr, "aziotctl: the connection string has no %s\n",
-                        !hub ? "HostName" : !device ? "DeviceId" : "SharedAccessKey");
-                return -EINVAL;
-        }
-        return 0;
+        r = connection_string_parse(text, &cs, message, sizeof(message));
+        if (r == -EINVAL)
+                fprintf(stderr, "aziotctl: --connection-string: %s\n", message);
+        else if (r < 0)
+                fprintf(stderr, "aziotctl: --connection-string: %s\n", strerror(-r));
+        return r;
 }
 
 static int config_mp(int argc, char **argv)
@@ -133,12 +88,13 @@ static int config_mp(int argc, char **argv)
                         force = true;
                         break;
                 default:
-                        return usage_error("%s", "bad option for 'config mp'");
+                        return aziotctl_usage_error("config", "bad option for 'config mp'");
                 }
         if (optind < argc)
-                return usage_error("unexpected argument '%s'", argv[optind]);
+                return aziotctl_usage_error("config", "unexpected argument '%s'",
+                                            argv[optind]);
         if (!cs)
-                return usage_error("%s", "config mp needs --connection-string");
+                return aziotctl_usage_error("config", "config mp needs --connection-string");
         if (!out) {
                 default_out = aziotctl_path(SUPER_CONFIG_PATH);
                 if (!default_out)
@@ -298,10 +254,12 @@ static int config_apply(int argc, char **argv)
                         path = optarg;
                         break;
                 default:
-                        return usage_error("%s", "bad option for 'config apply'");
+                        return aziotctl_usage_error("config",
+                                                    "bad option for 'config apply'");
                 }
         if (optind < argc)
-                return usage_error("unexpected argument '%s'", argv[optind]);
+                return aziotctl_usage_error("config", "unexpected argument '%s'",
+                                            argv[optind]);
         if (!path) {
                 default_path = aziotctl_path(SUPER_CONFIG_PATH);
                 if (!default_path)
@@ -364,17 +322,14 @@ static int config_apply(int argc, char **argv)
 
 int aziotctl_config(int argc, char **argv)
 {
-        if (argc < 2) {
-                help(stderr);
-                return AZIOTCTL_EXIT_USAGE;
-        }
-        if (streq(argv[1], "--help") || streq(argv[1], "-h") || streq(argv[1], "help")) {
-                help(stdout);
-                return AZIOTCTL_EXIT_OK;
-        }
+        int r;
+
+        r = aziotctl_handle_help(argc, argv, help);
+        if (r >= 0)
+                return r;
         if (streq(argv[1], "mp"))
                 return config_mp(argc - 1, argv + 1);
         if (streq(argv[1], "apply"))
                 return config_apply(argc - 1, argv + 1);
-        return usage_error("unknown subcommand '%s'", argv[1]);
+        return aziotctl_usage_error("config", "unknown subcommand '%s'", argv[1]);
 }

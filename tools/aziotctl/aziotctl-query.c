@@ -29,20 +29,17 @@ typedef struct QueryArgs {
         const char *id;
 } QueryArgs;
 
-static int parse_output(const char *s, CtlOutput *ret)
+static int usage_failure(const char *usage)
 {
-        if (streq(s, "text"))
-                *ret = CTL_OUTPUT_TEXT;
-        else if (streq(s, "json"))
-                *ret = CTL_OUTPUT_JSON;
-        else
-                return -EINVAL;
-        return 0;
+        fprintf(stderr, "%s", usage);
+        return AZIOTCTL_EXIT_USAGE;
 }
 
-/* argv[0] is the command; then SUBCOMMAND [ID] and the options. Returns an exit code, or -1 to
- * go on. */
-static int parse_args(int argc, char **argv, const char *usage, bool allow_pem, QueryArgs *a)
+/* argv[0] is the command; then SUBCOMMAND [ID] and the options. only: the one subcommand the
+ * command has, which takes no ID (NULL: the caller checks). Returns an exit code, or -1 to go
+ * on. */
+static int parse_args(int argc, char **argv, const char *usage, const char *only, bool allow_pem,
+                      QueryArgs *a)
 {
         static const struct option options[] = {
                 {"help", no_argument, NULL, 'h'},
@@ -60,30 +57,23 @@ static int parse_args(int argc, char **argv, const char *usage, bool allow_pem, 
                         printf("%s", usage);
                         return AZIOTCTL_EXIT_OK;
                 case 'o':
-                        if (parse_output(optarg, &a->output) < 0) {
-                                fprintf(stderr, "aziotctl: --output must be text or json\n");
+                        if (ctl_parse_output(optarg, /* stream_ok= */ false, &a->output) < 0)
                                 return AZIOTCTL_EXIT_USAGE;
-                        }
                         break;
                 case 'p':
-                        if (!allow_pem) {
-                                fprintf(stderr, "%s", usage);
-                                return AZIOTCTL_EXIT_USAGE;
-                        }
+                        if (!allow_pem)
+                                return usage_failure(usage);
                         a->pem = true;
                         break;
                 default:
-                        fprintf(stderr, "%s", usage);
-                        return AZIOTCTL_EXIT_USAGE;
+                        return usage_failure(usage);
                 }
         if (optind < argc)
                 a->subcommand = argv[optind++];
         if (optind < argc)
                 a->id = argv[optind++];
-        if (optind < argc || !a->subcommand) {
-                fprintf(stderr, "%s", usage);
-                return AZIOTCTL_EXIT_USAGE;
-        }
+        if (optind < argc || !a->subcommand || (only && (!streq(a->subcommand, only) || a->id)))
+                return usage_failure(usage);
         return -1;
 }
 
@@ -157,13 +147,9 @@ int aziotctl_keys(int argc, char **argv)
         bool first = true;
         int r;
 
-        r = parse_args(argc, argv, keys_usage, false, &a);
+        r = parse_args(argc, argv, keys_usage, "list", /* allow_pem= */ false, &a);
         if (r >= 0)
                 return r;
-        if (!streq(a.subcommand, "list") || a.id) {
-                fprintf(stderr, "%s", keys_usage);
-                return AZIOTCTL_EXIT_USAGE;
-        }
         r = ctl_config_paths("keyd", &main_path, &dir);
         if (r < 0)
                 return AZIOTCTL_EXIT_FAILURE;
@@ -348,14 +334,12 @@ int aziotctl_certs(int argc, char **argv)
         QueryArgs a;
         int r;
 
-        r = parse_args(argc, argv, certs_usage, true, &a);
+        r = parse_args(argc, argv, certs_usage, /* only= */ NULL, /* allow_pem= */ true, &a);
         if (r >= 0)
                 return r;
         if (!((streq(a.subcommand, "list") && !a.id && !a.pem) ||
-              (streq(a.subcommand, "show") && a.id))) {
-                fprintf(stderr, "%s", certs_usage);
-                return AZIOTCTL_EXIT_USAGE;
-        }
+              (streq(a.subcommand, "show") && a.id)))
+                return usage_failure(certs_usage);
         if (ctl_bus_open(&bus) < 0)
                 return AZIOTCTL_EXIT_FAILURE;
         return streq(a.subcommand, "list") ? certs_list(bus, &a) : certs_show(bus, &a);
@@ -467,13 +451,9 @@ int aziotctl_identity(int argc, char **argv)
         QueryArgs a;
         int r;
 
-        r = parse_args(argc, argv, identity_usage, false, &a);
+        r = parse_args(argc, argv, identity_usage, "show", /* allow_pem= */ false, &a);
         if (r >= 0)
                 return r;
-        if (!streq(a.subcommand, "show") || a.id) {
-                fprintf(stderr, "%s", identity_usage);
-                return AZIOTCTL_EXIT_USAGE;
-        }
         if (ctl_bus_open(&bus) < 0)
                 return AZIOTCTL_EXIT_FAILURE;
         r = sd_bus_get_property_string(bus, IDENTITY_NAME, IDENTITY_PATH, IDENTITY_NAME,
@@ -486,9 +466,10 @@ int aziotctl_identity(int argc, char **argv)
         if (r >= 0)
                 r = read_identity(reply, &members, &n);
         if (r < 0) {
-                if (a.output == CTL_OUTPUT_JSON)
-                        printf("{\"provisioningState\": \"%s\"}\n", state);
-                else
+                if (a.output == CTL_OUTPUT_JSON) {
+                        print_members_json(NULL, 0, "provisioningState", state);
+                        fputs("\n", stdout);
+                } else
                         printf("Provisioning state: %s\n", state);
                 return ctl_bus_error("device identity", &error, r);
         }
@@ -525,13 +506,9 @@ int aziotctl_modules(int argc, char **argv)
         QueryArgs a;
         int r;
 
-        r = parse_args(argc, argv, modules_usage, false, &a);
+        r = parse_args(argc, argv, modules_usage, "list", /* allow_pem= */ false, &a);
         if (r >= 0)
                 return r;
-        if (!streq(a.subcommand, "list") || a.id) {
-                fprintf(stderr, "%s", modules_usage);
-                return AZIOTCTL_EXIT_USAGE;
-        }
         if (ctl_bus_open(&bus) < 0)
                 return AZIOTCTL_EXIT_FAILURE;
         r = call_simple(bus, IDENTITY_NAME, IDENTITY_PATH, IDENTITY_NAME, "ListModuleIdentities",

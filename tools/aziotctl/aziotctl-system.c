@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,19 +47,6 @@ static void help(FILE *f)
                 "restart, stop, logs and status (for units) need systemd.\n"
                 "Environment: AZIOTCTL_ROOT, a directory prefixed to /etc (set-log-level), for\n"
                 "packaging and testing; systemctl is not called when it is set.\n");
-}
-
-static int usage_error(const char *fmt, ...) _printf_(1, 2);
-static int usage_error(const char *fmt, ...)
-{
-        va_list ap;
-
-        fprintf(stderr, "aziotctl system: ");
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fprintf(stderr, "\nTry 'aziotctl system --help'.\n");
-        return AZIOTCTL_EXIT_USAGE;
 }
 
 /* Runs argv, waits; its exit status, or negative errno when it could not run. */
@@ -205,8 +191,9 @@ static int set_log_level(const char *level)
         for (size_t i = 0; i < ELEMENTSOF(log_levels); i++)
                 valid = valid || streq(level, log_levels[i]);
         if (!valid)
-                return usage_error("'%s' is not a log level (error, warn, info, debug, trace)",
-                                   level);
+                return aziotctl_usage_error(
+                        "system", "'%s' is not a log level (error, warn, info, debug, trace)",
+                        level);
 
         _cleanup_free_ char *content = NULL;
         if (asprintf(&content, "[Service]\nEnvironment=AZIOT_LOG=%s\n", level) < 0)
@@ -291,16 +278,12 @@ static int reprovision(void)
 int aziotctl_system(int argc, char **argv)
 {
         const char *verb;
+        int r;
 
-        if (argc < 2) {
-                help(stderr);
-                return AZIOTCTL_EXIT_USAGE;
-        }
+        r = aziotctl_handle_help(argc, argv, help);
+        if (r >= 0)
+                return r;
         verb = argv[1];
-        if (streq(verb, "--help") || streq(verb, "-h") || streq(verb, "help")) {
-                help(stdout);
-                return AZIOTCTL_EXIT_OK;
-        }
         /* every verb takes --help; only logs (after --) and set-log-level take arguments */
         for (int i = 2; i < argc; i++) {
                 if (streq(argv[i], "--"))
@@ -313,8 +296,10 @@ int aziotctl_system(int argc, char **argv)
 
         if (streq(verb, "logs")) {
                 if (argc > 2 && !streq(argv[2], "--"))
-                        return usage_error("unexpected argument '%s' (journalctl arguments go "
-                                           "after --)", argv[2]);
+                        return aziotctl_usage_error("system",
+                                                    "unexpected argument '%s' (journalctl "
+                                                    "arguments go after --)",
+                                                    argv[2]);
                 if (!need_systemd("logs"))
                         return AZIOTCTL_EXIT_FAILURE;
                 size_t extra = argc > 3 ? (size_t)argc - 3 : 2;
@@ -343,11 +328,11 @@ int aziotctl_system(int argc, char **argv)
         }
         if (streq(verb, "set-log-level")) {
                 if (argc != 3)
-                        return usage_error("%s", "set-log-level takes one LEVEL");
+                        return aziotctl_usage_error("system", "set-log-level takes one LEVEL");
                 return set_log_level(argv[2]);
         }
         if (argc > 2)
-                return usage_error("unexpected argument '%s'", argv[2]);
+                return aziotctl_usage_error("system", "unexpected argument '%s'", argv[2]);
         if (streq(verb, "status"))
                 return aziotctl_systemd_running() ? status_systemd() : status_bus();
         if (streq(verb, "restart") || streq(verb, "stop")) {
@@ -360,5 +345,5 @@ int aziotctl_system(int argc, char **argv)
         }
         if (streq(verb, "reprovision"))
                 return reprovision();
-        return usage_error("unknown subcommand '%s'", verb);
+        return aziotctl_usage_error("system", "unknown subcommand '%s'", verb);
 }

@@ -92,38 +92,20 @@ char *ctl_socket_path(const char *name)
         return p;
 }
 
-void json_write_string(FILE *f, const char *s)
+int ctl_parse_output(const char *s, bool stream_ok, CtlOutput *ret)
 {
-        if (!s) {
-                fputs("null", f);
-                return;
+        if (streq(s, "text"))
+                *ret = CTL_OUTPUT_TEXT;
+        else if (streq(s, "json"))
+                *ret = CTL_OUTPUT_JSON;
+        else if (stream_ok && streq(s, "json-stream"))
+                *ret = CTL_OUTPUT_JSON_STREAM;
+        else {
+                fprintf(stderr, "aziotctl: --output must be %s\n",
+                        stream_ok ? "text, json or json-stream" : "text or json");
+                return -EINVAL;
         }
-        fputc('"', f);
-        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-                switch (*p) {
-                case '"':
-                        fputs("\\\"", f);
-                        break;
-                case '\\':
-                        fputs("\\\\", f);
-                        break;
-                case '\n':
-                        fputs("\\n", f);
-                        break;
-                case '\r':
-                        fputs("\\r", f);
-                        break;
-                case '\t':
-                        fputs("\\t", f);
-                        break;
-                default:
-                        if (*p < 0x20)
-                                fprintf(f, "\\u%04x", *p);
-                        else
-                                fputc(*p, f);
-                }
-        }
-        fputc('"', f);
+        return 0;
 }
 
 int ctl_bus_open(sd_bus **ret)

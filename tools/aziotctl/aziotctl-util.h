@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* What check and the listing commands share: where the files are (AZIOTCTL_ROOT), a small JSON
- * writer, the system bus, and certificate summaries. */
+/* What check and the listing commands share: where the files are (AZIOTCTL_ROOT), the output
+ * formats (JSON strings are written with json-write.h), the system bus, and certificate
+ * summaries. */
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,6 +11,8 @@
 
 #include <openssl/x509.h>
 #include <systemd/sd-bus.h>
+
+#include "json-write.h"
 
 /* aziotctl_path() (AZIOTCTL_ROOT joined with path; unset, empty or "/": path itself), except that
  * paths already under the root (as configurations written there name them) are returned as they
@@ -24,15 +27,16 @@ int ctl_config_paths(const char *svc, char **ret_main, char **ret_dir);
 /* The directory of the gateway's sockets: AZIOT_SOCKET_DIR, else <root>SOCKET_DIR. */
 char *ctl_socket_path(const char *name);
 
-/* JSON: a string with the escapes RFC 8259 asks for (NULL: null). */
-void json_write_string(FILE *f, const char *s);
-
 /* Output formats. */
 typedef enum CtlOutput {
         CTL_OUTPUT_TEXT,
         CTL_OUTPUT_JSON,
         CTL_OUTPUT_JSON_STREAM,
 } CtlOutput;
+
+/* -o/--output: "text", "json", and "json-stream" when stream_ok. Prints what --output takes and
+ * returns -EINVAL for anything else. */
+int ctl_parse_output(const char *s, bool stream_ok, CtlOutput *ret);
 
 /* sd_bus_open_system() (honours DBUS_SYSTEM_BUS_ADDRESS); prints the failure. */
 int ctl_bus_open(sd_bus **ret);

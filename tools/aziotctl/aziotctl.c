@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,17 +39,39 @@ static void help(FILE *f)
                 "Exit status: 0 done, 1 failed, 2 bad usage.\n");
 }
 
-int main(int argc, char **argv)
+int aziotctl_handle_help(int argc, char **argv, void (*print_help)(FILE *f))
 {
-        log_setup("aziotctl");
         if (argc < 2) {
-                help(stderr);
+                print_help(stderr);
                 return AZIOTCTL_EXIT_USAGE;
         }
         if (streq(argv[1], "--help") || streq(argv[1], "-h") || streq(argv[1], "help")) {
-                help(stdout);
+                print_help(stdout);
                 return AZIOTCTL_EXIT_OK;
         }
+        return -1;
+}
+
+int aziotctl_usage_error(const char *command, const char *format, ...)
+{
+        va_list ap;
+
+        fprintf(stderr, "aziotctl %s: ", command);
+        va_start(ap, format);
+        vfprintf(stderr, format, ap);
+        va_end(ap);
+        fprintf(stderr, "\nTry 'aziotctl %s --help'.\n", command);
+        return AZIOTCTL_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+        int r;
+
+        log_setup("aziotctl");
+        r = aziotctl_handle_help(argc, argv, help);
+        if (r >= 0)
+                return r;
         if (streq(argv[1], "--version") || streq(argv[1], "-V")) {
                 printf("aziotctl %s\n", PACKAGE_VERSION);
                 return AZIOTCTL_EXIT_OK;

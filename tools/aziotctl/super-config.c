@@ -183,6 +183,17 @@ static int preload(Ctx *c, PairList *l, const char *what, const char *id, char *
         return 0;
 }
 
+/* A certificate and its private key given by URI: preloaded in certd and in keyd under id. */
+static int preload_pair(Ctx *c, const char *id, const char *cert_uri, const char *pk_uri)
+{
+        int r;
+
+        r = preload(c, &c->certd_preloaded, "preloaded_certs", id, toml_quote(cert_uri));
+        if (r < 0)
+                return r;
+        return preload(c, &c->keyd_preloaded, "preloaded_keys", id, toml_quote(pk_uri));
+}
+
 static void keyname(char *buf, size_t size, const char *path, const char *key)
 {
         snprintf(buf, size, "%s%s%s", strempty(path), isempty(path) ? "" : ".", key);
@@ -287,11 +298,11 @@ static int get_uri(Ctx *c, const TomlValue *t, const char *path, const char *key
         return cert ? check_cert_uri(c, name, *ret) : check_key_uri(c, name, *ret);
 }
 
-/* base64 with or without padding, as upstream accepts. */
-static int decode_key(Ctx *c, const char *name, const char *b64)
+/* base64 with or without padding, as upstream accepts; a key is never empty. */
+static int decode_base64_key(const char *b64, uint8_t **ret, size_t *ret_len)
 {
         size_t len = strlen(b64);
-        _cleanup_free_ char *padded = malloc(len + 3);
+        _cleanup_free_ char *padded = malloc(len + 4); /* up to three '=' and the NUL */
         uint8_t *key = NULL;
         size_t key_len = 0;
 
@@ -303,8 +314,24 @@ static int decode_key(Ctx *c, const char *name, const char *b64)
         padded[len] = 0;
         if (base64_decode_alloc(padded, len, &key, &key_len) < 0 || key_len == 0) {
                 erase_and_free(key, key_len);
-                return fail(c, "%s: not a valid base64 key", name);
+                return -EINVAL;
         }
+        *ret = key;
+        *ret_len = key_len;
+        return 0;
+}
+
+static int decode_key(Ctx *c, const char *name, const char *b64)
+{
+        uint8_t *key;
+        size_t key_len;
+        int r;
+
+        r = decode_base64_key(b64, &key, &key_len);
+        if (r == -EINVAL)
+                return fail(c, "%s: not a valid base64 key", name);
+        if (r < 0)
+                return r;
         erase_and_free(c->secret, c->secret_len);
         c->secret = key;
         c->secret_len = key_len;
@@ -446,18 +473,13 @@ static int est_auth(Ctx *c, FILE *f, const TomlValue *t, const char *path, const
         if (!side_effects)
                 return 0;
         if (bs_cert) {
-                if ((r = preload(c, &c->certd_preloaded, "preloaded_certs", bs_id,
-                                 toml_quote(bs_cert))) < 0 ||
-                    (r = preload(c, &c->keyd_preloaded, "preloaded_keys", bs_id,
-                                 toml_quote(bs_pk))) < 0 ||
+                if ((r = preload_pair(c, bs_id, bs_cert, bs_pk)) < 0 ||
                     (r = strs_add(&c->aziotcs_keys, bs_id)) < 0)
                         return r;
         }
         if (id_cert) {
-                if ((r = preload(c, &c->certd_preloaded, "preloaded_certs", est_id,
-                                 toml_quote(id_cert))) < 0 ||
-                    (r = preload(c, &c->keyd_preloaded, "preloaded_keys", est_id,
-                                 toml_quote(id_pk))) < 0)
+                r = preload_pair(c, est_id, id_cert, id_pk);
+                if (r < 0)
                         return r;
         }
         /* certd renews the EST identity it was issued through the bootstrap identity, under a
@@ -634,10 +656,7 @@ static int x509_identity(Ctx *c, const TomlValue *t, const char *path, bool dps,
                 if ((r = get_uri(c, t, path, "identity_cert", true, true, &cert_uri)) < 0 ||
                     (r = get_uri(c, t, path, "identity_pk", true, false, &pk_uri)) < 0)
                         return r;
-                if ((r = preload(c, &c->certd_preloaded, "preloaded_certs", DEVICE_ID,
-                                 toml_quote(cert_uri))) < 0 ||
-                    (r = preload(c, &c->keyd_preloaded, "preloaded_keys", DEVICE_ID,
-                                 toml_quote(pk_uri))) < 0 ||
+                if ((r = preload_pair(c, DEVICE_ID, cert_uri, pk_uri)) < 0 ||
                     (r = strs_add(&c->aziotid_keys, DEVICE_ID)) < 0)
                         return r;
         }
@@ -646,21 +665,32 @@ static int x509_identity(Ctx *c, const TomlValue *t, const char *path, bool dps,
         return 0;
 }
 
-/* HostName=…;DeviceId=…;SharedAccessKey=… */
-static int connection_string(Ctx *c, const char *cs, char **ret_hub, char **ret_device)
+void connection_string_done(ConnectionString *cs)
 {
-        _cleanup_free_ char *copy = strdup(cs);
+        free(cs->hub);
+        free(cs->device);
+        erase_and_free(cs->key, cs->key_len);
+        *cs = (ConnectionString){};
+}
+
+int connection_string_parse(const char *text, ConnectionString *ret, char *error,
+                            size_t error_size)
+{
+        _cleanup_free_ char *copy = strdup(text);
+        _cleanup_(connection_string_done) ConnectionString cs = {};
         const char *hub = NULL, *device = NULL, *key = NULL;
         char *saveptr = NULL;
+        int r;
 
         if (!copy)
                 return -ENOMEM;
         for (char *part = strtok_r(copy, ";", &saveptr); part;
              part = strtok_r(NULL, ";", &saveptr)) {
                 char *eq = strchr(part, '=');
-                if (!eq)
-                        return fail(c, "provisioning.connection_string: '%s' is not KEY=VALUE",
-                                    part);
+                if (!eq) {
+                        snprintf(error, error_size, "'%s' is not KEY=VALUE", part);
+                        return -EINVAL;
+                }
                 *eq = 0;
                 if (streq(part, "HostName"))
                         hub = eq + 1;
@@ -669,19 +699,24 @@ static int connection_string(Ctx *c, const char *cs, char **ret_hub, char **ret_
                 else if (streq(part, "SharedAccessKey"))
                         key = eq + 1;
         }
-        if (isempty(hub))
-                return fail(c, "provisioning.connection_string: HostName is missing");
-        if (isempty(device))
-                return fail(c, "provisioning.connection_string: DeviceId is missing");
-        if (isempty(key))
-                return fail(c, "provisioning.connection_string: SharedAccessKey is missing");
-        int r = decode_key(c, "provisioning.connection_string: SharedAccessKey", key);
+        if (isempty(hub) || isempty(device) || isempty(key)) {
+                snprintf(error, error_size, "%s is missing",
+                         isempty(hub)      ? "HostName" :
+                         isempty(device)   ? "DeviceId" :
+                                             "SharedAccessKey");
+                return -EINVAL;
+        }
+        r = decode_base64_key(key, &cs.key, &cs.key_len);
+        if (r == -EINVAL)
+                snprintf(error, error_size, "SharedAccessKey: not a valid base64 key");
         if (r < 0)
                 return r;
-        *ret_hub = strdup(hub);
-        *ret_device = strdup(device);
-        if (!*ret_hub || !*ret_device)
+        cs.hub = strdup(hub);
+        cs.device = strdup(device);
+        if (!cs.hub || !cs.device)
                 return -ENOMEM;
+        *ret = cs;
+        cs = (ConnectionString){};
         return 0;
 }
 
@@ -689,7 +724,6 @@ static int manual_provisioning(Ctx *c, const TomlValue *p)
 {
         FILE *f = c->identityd_prov.f;
         const char *cs, *hub, *device, *method;
-        _cleanup_free_ char *cs_hub = NULL, *cs_device = NULL;
         const TomlValue *auth, *issued = NULL;
         int r;
 
@@ -702,15 +736,24 @@ static int manual_provisioning(Ctx *c, const TomlValue *p)
                 if (hub || device || auth)
                         return fail(c, "provisioning.connection_string: not allowed together with "
                                     "iothub_hostname, device_id or [provisioning.authentication]");
-                r = connection_string(c, cs, &cs_hub, &cs_device);
+                _cleanup_(connection_string_done) ConnectionString parsed = {};
+                char message[256];
+
+                r = connection_string_parse(cs, &parsed, message, sizeof(message));
+                if (r == -EINVAL)
+                        return fail(c, "provisioning.connection_string: %s", message);
                 if (r < 0)
                         return r;
+                /* the device key, which apply writes to SUPER_CONFIG_DEVICE_ID_SECRET */
+                erase_and_free(c->secret, c->secret_len);
+                c->secret = TAKE_PTR(parsed.key);
+                c->secret_len = parsed.key_len;
                 r = preload(c, &c->keyd_preloaded, "preloaded_keys", DEVICE_ID,
                             toml_quote("file://" SUPER_CONFIG_DEVICE_ID_SECRET));
                 if (r < 0 || (r = strs_add(&c->aziotid_keys, DEVICE_ID)) < 0)
                         return r;
-                write_kv(f, "iothub_hostname", cs_hub);
-                write_kv(f, "device_id", cs_device);
+                write_kv(f, "iothub_hostname", parsed.hub);
+                write_kv(f, "device_id", parsed.device);
                 fprintf(f, "\n[provisioning.authentication]\n");
                 write_kv(f, "method", "sas");
                 write_kv(f, "device_id_pk", DEVICE_ID);
@@ -961,10 +1004,8 @@ static int cert_issuance_local_ca(Ctx *c, const TomlValue *lca)
                 if ((r = get_uri(c, lca, lp, "cert", true, true, &cert_uri)) < 0 ||
                     (r = get_uri(c, lca, lp, "pk", true, false, &pk_uri)) < 0)
                         return r;
-                if ((r = preload(c, &c->certd_preloaded, "preloaded_certs", LOCAL_CA,
-                                 toml_quote(cert_uri))) < 0 ||
-                    (r = preload(c, &c->keyd_preloaded, "preloaded_keys", LOCAL_CA,
-                                 toml_quote(pk_uri))) < 0)
+                r = preload_pair(c, LOCAL_CA, cert_uri, pk_uri);
+                if (r < 0)
                         return r;
         }
         if ((r = strs_add(&c->aziotcs_keys, LOCAL_CA)) < 0)

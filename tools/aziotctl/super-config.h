@@ -26,6 +26,22 @@ typedef struct SuperConfigOutput {
 
 void super_config_output_done(SuperConfigOutput *out);
 
+/* A device connection string, HostName=…;DeviceId=…;SharedAccessKey=… (`config mp -c` and the
+ * super-config's provisioning.connection_string). */
+typedef struct ConnectionString {
+        char *hub, *device;
+        uint8_t *key; /* SharedAccessKey decoded (base64, padding optional), erased when done */
+        size_t key_len;
+} ConnectionString;
+
+void connection_string_done(ConnectionString *cs);
+
+/* Parses text into *ret. On a bad input returns -EINVAL with a message in error that names the
+ * part at fault ("HostName is missing", "SharedAccessKey: not a valid base64 key", …) for the
+ * caller to prefix with where text came from; -ENOMEM. */
+int connection_string_parse(const char *text, ConnectionString *ret, char *error,
+                            size_t error_size);
+
 /* Translates root. On a bad input returns -EINVAL with a message naming the key in error (and
  * *out untouched); -ENOMEM. */
 int super_config_translate(const TomlValue *root, const SuperConfigInput *in,
