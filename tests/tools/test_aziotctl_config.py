@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "bus"))
 import aziot_harness  # noqa: E402
 from aziot_identity_suite import CERTD, IDENTITYD, KEYD, PROVIDER_DIR  # noqa: E402
 
-AZIOTCTL = os.environ.get("AZIOTCTL") or os.path.join(BUILD_DIR, "tools", "aziotctl", "aziotctl")
+AZIOTCTL = os.environ.get("AZIOT_AZIOTCTL") or os.path.join(BUILD_DIR, "tools", "aziotctl", "aziotctl")
 EXPECTED = os.path.join(SOURCE_DIR, "tests", "tools", "expected", "apply")
 TEMPLATE = os.path.join(SOURCE_DIR, "config", "config.toml.template")
 SERVICE_USERS = {"keyd": "aziotks", "certd": "aziotcs", "identityd": "aziotid",
