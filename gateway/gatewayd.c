@@ -11,18 +11,15 @@
 #include "build-config.h"
 #include "bus-util.h"
 #include "bus.h"
-#include "config.h"
 #include "certs-routes.h"
 #include "identity-routes.h"
 #include "http-server.h"
 #include "keys-routes.h"
 #include "log.h"
 #include "macro.h"
+#include "max-requests.h"
 #include "routes.h"
 #include "tpm-routes.h"
-
-/* upstream's default for max_requests */
-#define DEFAULT_MAX_REQUESTS 10
 
 /* The sockets, by the names socket activation gives them. */
 static const struct {
@@ -47,6 +44,7 @@ typedef struct Context {
         const char *paths[N_SOCKETS]; /* --<name>-socket */
         Listen listen[N_SOCKETS];
         RouteService services[N_SOCKETS];
+        MaxRequests max_requests[N_SOCKETS];
         uint64_t body_timeout_usec;
 } Context;
 
@@ -58,6 +56,7 @@ static void context_done(Context *c)
                         (void)unlink(c->listen[i].path);
                 safe_close(c->listen[i].fd);
                 free(c->listen[i].path);
+                max_requests_done(&c->max_requests[i]);
         }
 }
 
@@ -196,40 +195,6 @@ static int check_served(const Context *c)
         return 0;
 }
 
-/* max_requests from the service's own configuration, as upstream reads it. */
-static int read_max_requests(const char *svc, unsigned *ret)
-{
-        _cleanup_toml_ TomlValue *root = NULL;
-        ConfigError error = {};
-        char text[512];
-        int64_t v;
-        int r;
-
-        *ret = DEFAULT_MAX_REQUESTS;
-        r = config_load(svc, &root, &error);
-        if (r == -EACCES || r == -EPERM) {
-                log_warning("Cannot read the %s configuration (%s); using max_requests = %u.", svc,
-                            config_error_format(&error, text, sizeof(text)), *ret);
-                config_error_done(&error);
-                return 0;
-        }
-        if (r >= 0)
-                r = config_get_integer(root, "max_requests", &v, &error);
-        if (r == -ENOENT)
-                return 0;
-        if (r >= 0 && (v < 0 || v > UINT32_MAX))
-                r = config_error_at(&error, toml_table_get(root, "max_requests"),
-                                    "\"max_requests\" must be between 0 and %" PRIu32, UINT32_MAX);
-        if (r < 0) {
-                log_error("Invalid %s configuration: %s", svc,
-                          config_error_format(&error, text, sizeof(text)));
-                config_error_done(&error);
-                return r;
-        }
-        *ret = (unsigned)v;
-        return 0;
-}
-
 /* AZIOT_GATEWAY_BODY_TIMEOUT_MS: for the tests, which cannot wait 5 s for each 408. */
 static int read_body_timeout(uint64_t *ret)
 {
@@ -250,26 +215,25 @@ static int read_body_timeout(uint64_t *ret)
         return 0;
 }
 
-static int add_listeners(Context *c, HttpServer *server, GatewayBus *bus)
+/* max_requests is not read here: the services' configuration is theirs (max-requests.h). */
+static int add_listeners(Context *c, sd_event *event, HttpServer *server, GatewayBus *bus)
 {
-        unsigned max_requests;
+        HttpListener *listener;
         int r;
 
         for (size_t i = 0; i < N_SOCKETS; i++) {
                 if (c->listen[i].fd < 0)
                         continue;
-                r = read_max_requests(sockets[i].name, &max_requests);
-                if (r < 0)
-                        return r;
                 c->services[i] = (RouteService){ .service = sockets[i].service, .bus = bus };
                 r = http_server_add_listener(server, TAKE_FD(c->listen[i].fd), sockets[i].name,
-                                             c->listen[i].path, max_requests, &route_http_handler,
-                                             &c->services[i]);
+                                             c->listen[i].path, MAX_REQUESTS_DEFAULT,
+                                             &route_http_handler, &c->services[i], &listener);
                 if (r < 0)
                         return log_error_errno(r, "Cannot serve %s: %m", sockets[i].name);
-                log_info("Serving %s.sock%s%s (max_requests = %u).", sockets[i].name,
-                         c->listen[i].path ? " at " : "", strempty(c->listen[i].path),
-                         max_requests);
+                max_requests_init(&c->max_requests[i], event, sockets[i].service, bus, listener);
+                log_info("Serving %s.sock%s%s (max_requests from %s on the first connection).",
+                         sockets[i].name, c->listen[i].path ? " at " : "",
+                         strempty(c->listen[i].path), sockets[i].service->bus_name);
         }
         return 0;
 }
@@ -314,7 +278,7 @@ static int run(int argc, char *argv[])
         if (r < 0)
                 return log_oom();
         http_server_set_body_timeout(server, c.body_timeout_usec);
-        r = add_listeners(&c, server, bus);
+        r = add_listeners(&c, event, server, bus);
         if (r < 0)
                 return r;
 

@@ -28,7 +28,7 @@ typedef struct UidCount {
 
 typedef struct HttpConnection HttpConnection;
 
-typedef struct HttpListener {
+struct HttpListener {
         HttpServer *server;
         struct HttpListener *next;
         int fd;
@@ -40,7 +40,9 @@ typedef struct HttpListener {
         size_t n_uids;
         const HttpHandler *handler;
         void *userdata;
-} HttpListener;
+        void (*accept_hook)(void *userdata);
+        void *accept_hook_userdata;
+};
 
 struct HttpServer {
         sd_event *event;
@@ -663,6 +665,8 @@ static void accept_one(HttpListener *l, int fd)
                 safe_close(fd);
                 return;
         }
+        if (l->accept_hook)
+                l->accept_hook(l->accept_hook_userdata);
         u = uid_count(l, uid, /* create= */ false);
         if ((u ? u->count : 0) >= l->max_per_uid) {
                 /* Upstream's throttling: dropped without a response. */
@@ -788,7 +792,7 @@ HttpServer *http_server_free(HttpServer *s)
 
 int http_server_add_listener(HttpServer *s, int fd, const char *name, const char *bound_path,
                              unsigned max_connections_per_uid, const HttpHandler *handler,
-                             void *userdata)
+                             void *userdata, HttpListener **ret_listener)
 {
         HttpListener *l;
         int r;
@@ -812,9 +816,24 @@ int http_server_add_listener(HttpServer *s, int fd, const char *name, const char
         if (!l->name || (bound_path && !l->bound_path))
                 return -ENOMEM;
         r = fd_nonblock(fd);
+        if (r >= 0)
+                r = sd_event_add_io(s->event, &l->source, fd, EPOLLIN, on_accept, l);
         if (r < 0)
                 return r;
-        return sd_event_add_io(s->event, &l->source, fd, EPOLLIN, on_accept, l);
+        if (ret_listener)
+                *ret_listener = l;
+        return 0;
+}
+
+void http_listener_set_max_connections_per_uid(HttpListener *l, unsigned max)
+{
+        l->max_per_uid = max;
+}
+
+void http_listener_set_accept_hook(HttpListener *l, void (*hook)(void *userdata), void *userdata)
+{
+        l->accept_hook = hook;
+        l->accept_hook_userdata = userdata;
 }
 
 /* The socket is bound under a temporary name in the same directory, made listening, and only

@@ -22,6 +22,7 @@
 #define HTTP_BODY_TIMEOUT_USEC (5u * 1000000u)
 
 typedef struct HttpServer HttpServer;
+typedef struct HttpListener HttpListener;
 typedef struct HttpRequest HttpRequest;
 
 typedef struct HttpHandler {
@@ -44,10 +45,17 @@ static inline void http_server_freep(HttpServer **s)
 void http_server_set_body_timeout(HttpServer *s, uint64_t usec);
 
 /* Serves the listening socket fd (which is taken over, also on failure). name is for the logs;
- * bound_path, when set, is unlinked when the server goes. */
+ * bound_path, when set, is unlinked when the server goes. *ret_listener (may be NULL) stays valid
+ * as long as the server. */
 int http_server_add_listener(HttpServer *s, int fd, const char *name, const char *bound_path,
                              unsigned max_connections_per_uid, const HttpHandler *handler,
-                             void *userdata);
+                             void *userdata, HttpListener **ret_listener);
+
+/* Changes the limit; connections already open stay, new ones are counted against it. */
+void http_listener_set_max_connections_per_uid(HttpListener *l, unsigned max);
+/* hook(userdata) is called for each accepted connection, before it is counted against the limit
+ * (which the hook may change). */
+void http_listener_set_accept_hook(HttpListener *l, void (*hook)(void *userdata), void *userdata);
 
 /* Creates a listening Unix stream socket at path (an existing socket or file there is removed
  * first, a directory is an error) with mode 0660. */

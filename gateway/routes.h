@@ -46,7 +46,7 @@ typedef struct RouteError {
 } RouteError;
 
 typedef struct Service {
-        const char *name; /* the socket's name ("keyd"), also the config to read */
+        const char *name; /* the socket's name ("keyd") */
         const char *bus_name, *object_path, *interface;
         const char *const *api_versions; /* oldest first */
         size_t n_api_versions;

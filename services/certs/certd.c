@@ -111,6 +111,7 @@ static int manager_load_config(Manager *m)
                 config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
+        m->max_requests = c.max_requests;
         r = certs_store_new(c.homedir, &m->store);
         if (r < 0)
                 return log_error_errno(r, "Failed to open the certificate store in %s: %m",

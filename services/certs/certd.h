@@ -38,6 +38,7 @@ typedef struct Manager {
         CertsConfig config; /* the configuration in force (issuance options), without principals */
         PrincipalSet principals;
         ConfigWatch *config_watch;
+        uint32_t max_requests; /* MaxRequests: as configured at start (upstream reloads it not) */
 
         uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
 

@@ -405,6 +405,9 @@ int certs_config_parse(TomlValue *root, CertsConfig *ret, ConfigError *ret_error
         else if (c.homedir[0] != '/')
                 return config_error_at(ret_error, toml_table_get(root, "homedir_path"),
                                        "homedir_path must be an absolute path");
+        r = config_get_max_requests(root, &c.max_requests, ret_error);
+        if (r < 0)
+                return r;
 
         r = config_get_table(root, "preloaded_certs", &c.preloaded, ret_error);
         if (r == -ENOENT)

@@ -8,7 +8,9 @@
  *                      "est"), expiry_days, common_name or subject, and for "est" url and auth.
  *                      Its ids are adopted into the store's index. Hot-reloaded.
  *   [preloaded_certs]  id → "file:///…" or [ids] (certs-preloaded.h; hot-reloaded)
- *   [[principal]]      uid + "certs" globs (hot-reloaded) */
+ *   [[principal]]      uid + "certs" globs (hot-reloaded)
+ *   max_requests       published as the MaxRequests property, which the gateway enforces on
+ *                      certd.sock (read at start: not reloaded) */
 
 #include <stdbool.h>
 
@@ -29,6 +31,7 @@ typedef struct CertsConfig {
         const TomlValue *est;           /* [cert_issuance.est], NULL when absent */
         RenewalConfig est_renewal;      /* [cert_issuance.est.identity_auto_renew] */
         PrincipalSet principals;
+        uint32_t max_requests;
 } CertsConfig;
 
 typedef enum CertsIssuanceMethod {

@@ -4,6 +4,7 @@
  * is dispatched again when polkit answers, so nothing before that step changes state), acts through
  * the store, and replies. Error messages use upstream's wording where upstream has one: the gateway
  * passes them on to HTTP clients. */
+#include <stddef.h>
 #include <openssl/evp.h>
 
 #include "aziot-key.h"
@@ -451,6 +452,8 @@ static int method_list_certificates(sd_bus_message *msg, void *userdata, sd_bus_
 
 static const sd_bus_vtable certs_vtable[] = {
         SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("MaxRequests", "u", NULL, offsetof(Manager, max_requests),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("CreateCertificate",
                                 SD_BUS_ARGS("s", cert_id, "s", csr, "a{sv}", options),
                                 SD_BUS_RESULT("s", pem), method_create_certificate,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <ctype.h>
 #include <dirent.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 
@@ -337,6 +338,26 @@ int config_get_integer(const TomlValue *table, const char *key, int64_t *ret,
         if (r < 0)
                 return r;
         *ret = v->integer;
+        return 0;
+}
+
+int config_get_max_requests(const TomlValue *root, uint32_t *ret, ConfigError *ret_error)
+{
+        int64_t v;
+        int r = config_get_integer(root, "max_requests", &v, ret_error);
+
+        if (r == -ENOENT) {
+                *ret = CONFIG_MAX_REQUESTS_DEFAULT;
+                return 0;
+        }
+        if (r < 0)
+                return r;
+        if (v < 0 || v > UINT32_MAX)
+                return config_error_at(ret_error, toml_table_get(root, "max_requests"),
+                                       "\"max_requests\" must be from 0 to %" PRIu32
+                                       ", not %" PRId64,
+                                       UINT32_MAX, v);
+        *ret = (uint32_t)v;
         return 0;
 }
 

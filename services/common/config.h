@@ -46,6 +46,14 @@ int config_get_table(const TomlValue *table, const char *key, const TomlValue **
 int config_get_array(const TomlValue *table, const char *key, const TomlValue **ret,
                      ConfigError *ret_error);
 
+/* Upstream's default for max_requests. */
+#define CONFIG_MAX_REQUESTS_DEFAULT 10u
+
+/* The top-level max_requests of a service's configuration (upstream's per-uid limit of connections
+ * on its socket, which the gateway enforces after asking the service for it): 0 to UINT32_MAX,
+ * CONFIG_MAX_REQUESTS_DEFAULT when absent. -EINVAL or -EMEDIUMTYPE with *ret_error filled. */
+int config_get_max_requests(const TomlValue *root, uint32_t *ret, ConfigError *ret_error);
+
 /* Fills *e with a message about v (its position is added). Returns -EINVAL. */
 int config_error_at(ConfigError *e, const TomlValue *v, const char *format, ...)
         __attribute__((format(printf, 3, 4)));

@@ -497,6 +497,9 @@ int identity_config_parse(const TomlValue *root, IdentityConfig *ret, ConfigErro
                             &c.prefer_module_identity_cache, ret_error);
         if (r < 0 && r != -ENOENT)
                 return r;
+        r = config_get_max_requests(root, &c.max_requests, ret_error);
+        if (r < 0)
+                return r;
         r = config_get_integer(root, "cloud_timeout_sec", &v, ret_error);
         if (r >= 0) {
                 if (v < IDENTITY_CLOUD_TIMEOUT_MIN || v > 24 * 3600)

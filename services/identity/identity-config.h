@@ -8,7 +8,8 @@
  *   prefer_module_identity_cache = false
  *   cloud_timeout_sec = 70                  at least 70
  *   cloud_retries = 1
- *   max_requests                            read by the gateway
+ *   max_requests = 10                       published as the MaxRequests property, which the
+ *                                           gateway enforces on identityd.sock (not reloaded)
  *   [provisioning]                          source = "manual" | "dps" | "none", and its table
  *   [localid] domain = "…"
  *   [[principal]] uid, name, idtype = ["device", "module", "local"], localid = {type, attributes}
@@ -88,6 +89,7 @@ typedef struct IdentityConfig {
         char *hostname, *homedir;
         bool prefer_module_identity_cache;
         unsigned cloud_timeout_sec, cloud_retries;
+        uint32_t max_requests;
         char *localid_domain; /* NULL: no [localid] */
         IdentityProvisioning provisioning;
         IdentityPrincipal *principals; /* as they stand after upstream's rules (see classify) */

@@ -2,6 +2,7 @@
 /* The bus surface of aziot-identityd. Callers are classified by the principals of the
  * configuration (spec §4.5); what the table refuses them, polkit may still grant (actions
  * org.aziot.identity.*), the call being dispatched again with polkit's answer. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -459,6 +460,8 @@ static const sd_bus_vtable identity_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_PROPERTY("ProvisioningState", "s", property_get_state, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("MaxRequests", "u", NULL, offsetof(Manager, max_requests),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("GetIdentity", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_RESULT("a{sv}", identity), method_get_identity,
                                 SD_BUS_VTABLE_UNPRIVILEGED),

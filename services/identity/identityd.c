@@ -101,6 +101,7 @@ static int manager_new(Manager **ret)
                 config_error_log(&err, LOG_ERR, "Invalid configuration");
                 return r;
         }
+        m->max_requests = m->config.max_requests;
         r = mkdir_parents(m->config.homedir, 0700);
         if (r < 0)
                 return log_error_errno(r, "Failed to create %s: %m", m->config.homedir);

@@ -40,6 +40,7 @@ typedef struct Manager {
         PolkitRegistry *polkit_registry;
         SenderUidCache sender_uids;
         ConfigWatch *config_watch;
+        uint32_t max_requests; /* MaxRequests: as configured at start (upstream reloads it not) */
 
         IdentityConfig config;
         IdentityState state;

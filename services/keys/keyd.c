@@ -95,6 +95,7 @@ static int manager_load_config(Manager *m)
         r = manager_configure_store(m, &c);
         if (r < 0)
                 return r;
+        m->max_requests = c.max_requests;
         m->principals = c.principals;
         c.principals = (PrincipalSet){};
 

@@ -34,6 +34,7 @@ typedef struct Manager {
         KeysHandleSigner signer;
         PrincipalSet principals;
         ConfigWatch *config_watch;
+        uint32_t max_requests; /* MaxRequests: as configured at start (upstream reloads it not) */
 
         uid_t gateway_uid; /* the user allowed to pass a client socket, besides root */
         struct PrivateConnection *private_connections;

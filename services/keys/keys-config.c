@@ -86,6 +86,9 @@ int keys_config_parse(const TomlValue *root, KeysConfig *ret, ConfigError *ret_e
         r = principal_set_from_config(root, "keys", &c.principals, ret_error);
         if (r < 0)
                 return r;
+        r = config_get_max_requests(root, &c.max_requests, ret_error);
+        if (r < 0)
+                return r;
         r = config_get_string(root, "aziot_keys_library", &library, ret_error);
         if (r >= 0) {
                 if (library[0] != '/')

@@ -801,6 +801,8 @@ static int method_open_private_connection(sd_bus_message *msg, void *userdata,
 
 static const sd_bus_vtable keys_vtable[] = {
         SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("MaxRequests", "u", NULL, offsetof(Manager, max_requests),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("CreateKeyIfNotExists",
                                 SD_BUS_ARGS("s", key_id, "as", usage, "a{sv}", options),
                                 SD_BUS_RESULT("s", key_handle), method_create_key,

@@ -67,6 +67,10 @@ int tpm_config_parse(const TomlValue *root, TpmConfig *ret, ConfigError *ret_err
         } else if (r != -ENOENT)
                 return r;
 
+        r = config_get_max_requests(root, &c.max_requests, ret_error);
+        if (r < 0)
+                return r;
+
         r = config_get_table(root, "hierarchy_authorization", &hierarchy, ret_error);
         if (r < 0 && r != -ENOENT)
                 return r;

@@ -9,7 +9,8 @@
  *   [hierarchy_authorization]
  *   endorsement = "…"               hierarchy passwords (default empty)
  *   owner = "…"
- *   max_requests = 10               read by the gateway (tpmd.sock), not by tpmd
+ *   max_requests = 10               published as the MaxRequests property, which the gateway
+ *                                   enforces on tpmd.sock
  * None of it is hot-reloaded: the TPM is opened with it once. */
 
 #include <stdint.h>
@@ -22,6 +23,7 @@
 typedef struct TpmConfig {
         TpmSettings settings; /* owned strings */
         uint32_t auth_key_index;
+        uint32_t max_requests;
 } TpmConfig;
 
 void tpm_config_done(TpmConfig *c);

@@ -2,6 +2,7 @@
 /* The bus surface of aziot-tpmd. Each TPM call is read and checked here, authorized when it needs
  * it, then handed to the TPM thread; the reply is sent when the thread is done, so the bus is
  * served while the TPM works. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -358,6 +359,8 @@ static const sd_bus_vtable tpm_vtable[] = {
         SD_BUS_PROPERTY("AuthKeyIndex", "u", property_get_index, 0,
                         SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Tcti", "s", property_get_tcti, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxRequests", "u", NULL, offsetof(Manager, config.max_requests),
+                        SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("GetTpmKeys", SD_BUS_ARGS("a{sv}", options),
                                 SD_BUS_RESULT("ay", endorsement_key, "ay", storage_root_key),
                                 method_get_tpm_keys, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -296,7 +296,7 @@ class TpmServices(_Service):
     """tpmd (D-Bus activatable) on the TPM that tcti names (a TCTI loader string, such as
     aziot_tpm.Swtpm(...).tcti), and the gateway on tpmd.sock. tpmd keeps its state in the TPM
     alone: it has no home. Its configuration is run_dir/config/tpmd/config.toml: max_requests
-    (read by the gateway), tcti, then extra_config (auth_key_index, [hierarchy_authorization]);
+    (tpmd's MaxRequests), tcti, then extra_config (auth_key_index, [hierarchy_authorization]);
     its socket run_dir/sockets/tpmd.sock. tpmd_binary: the tpmd to run, if not the one below the
     build directory."""
 
@@ -350,7 +350,7 @@ class IdentityServices(_Service):
     """identityd (D-Bus activatable, with the OpenSSL provider of the build for keys held by keyd)
     and the gateway on identityd.sock, next to KeysServices and CertsServices started without
     their gateways. identityd's home is run_dir/identityd, its configuration
-    run_dir/config/identityd: config.toml is max_requests (read by the gateway), homedir, then
+    run_dir/config/identityd: config.toml is max_requests (identityd's MaxRequests), homedir, then
     the given config text (hostname, [provisioning], [localid], [[principal]] …, everything but
     homedir); config.d/principals.toml is for write_principals(). ssl_cert_file: the CA bundle
     identityd trusts for DPS and IoT Hub (SSL_CERT_FILE), e.g. the mock clouds' CAs. Its socket

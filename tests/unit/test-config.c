@@ -172,6 +172,38 @@ static void test_type_error_position(void **state)
         config_error_done(&err);
 }
 
+static void test_max_requests(void **state)
+{
+        static const struct {
+                const char *text;
+                int r;
+                uint32_t value;
+        } cases[] = {
+                { "", 0, 10 },
+                { "max_requests = 0\n", 0, 0 },
+                { "max_requests = 64\n", 0, 64 },
+                { "max_requests = 4294967295\n", 0, UINT32_MAX },
+                { "max_requests = -1\n", -EINVAL, 0 },
+                { "max_requests = 4294967296\n", -EINVAL, 0 },
+                { "max_requests = \"ten\"\n", -EMEDIUMTYPE, 0 },
+                { "max_requests = 1.5\n", -EMEDIUMTYPE, 0 },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_toml_ TomlValue *root = NULL;
+                ConfigError err = {};
+                uint32_t v = 12345;
+
+                assert_int_equal(toml_parse(cases[i].text, strlen(cases[i].text), &root, NULL), 0);
+                assert_int_equal(config_get_max_requests(root, &v, &err), cases[i].r);
+                if (cases[i].r == 0)
+                        assert_int_equal(v, cases[i].value);
+                else
+                        assert_non_null(strstr(err.message, "\"max_requests\" must be"));
+                config_error_done(&err);
+        }
+}
+
 static void test_env_paths(void **state)
 {
         _cleanup_free_ char *m = NULL, *d = NULL, *m2 = NULL, *d2 = NULL;
@@ -219,6 +251,7 @@ int main(void)
                 cmocka_unit_test_setup(test_parse_error_names_file_line_column, setup),
                 cmocka_unit_test_setup(test_unreadable_and_directory, setup),
                 cmocka_unit_test_setup(test_type_error_position, setup),
+                cmocka_unit_test_setup(test_max_requests, setup),
                 cmocka_unit_test_setup(test_env_paths, setup),
                 cmocka_unit_test_setup(test_env_load, setup),
         };
