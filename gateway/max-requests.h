@@ -8,7 +8,9 @@
  * The property is asked for on the first connection to the socket, not at start, so that starting
  * the gateway does not activate the services; the call is asynchronous and until it is answered
  * the default of 10 holds. When it fails (the service cannot be activated, …) a warning is logged
- * once and the question is asked again on a later connection, no sooner than 10 s after. */
+ * once and the question is asked again on a later connection, no sooner than 10 s after. When
+ * the service's name gets a new owner (a restart, which may bring another configuration), it is
+ * asked again at once. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -28,6 +30,7 @@ typedef struct MaxRequests {
         GatewayBus *bus;
         HttpListener *listener;
         sd_bus_slot *slot;    /* the Get in flight */
+        sd_bus_slot *owner_slot; /* NameOwnerChanged of the service's name */
         uint64_t retry_after; /* CLOCK_MONOTONIC; no new Get before it */
         bool known;           /* answered: nothing more to ask */
         bool warned;

@@ -13,6 +13,7 @@ readable by their users only, so the gateway, which runs as its own user (aziotg
 Needs root (the test stack, the user aziotgw)."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,44 @@ class GatewayTest(MaxRequestsTestCase):
         self.assertTrue(self.stack.name_has_owner("org.aziot.Keys1"))
         self.assertFalse(self.stack.name_has_owner("org.aziot.Certificates1"))
         c.close()
+
+    def test_a_restarted_service_is_asked_again(self):
+        # `aziotctl system restart` after a configuration change restarts the services, not the
+        # gateway: the new limit must still reach it.
+        self.activatable("keyd", 2)
+        sock = self.start_gateway(["keyd"])["keyd"]
+        c = Connection(sock)
+        c.send(request_bytes("GET", f"/key/absent?{V2021}"))
+        self.assertLess(c.read_response().status, 500)
+        c.close()
+        wait_until(lambda: "max_requests on keyd.sock is 2" in self.gateway.log(),
+                   "the gateway to ask keyd")
+
+        self.activatable("keyd", 3)
+        pid = int(self.stack.bus().call_blocking(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID", "s", ("org.aziot.Keys1",), timeout=TIMEOUT))
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not self.stack.name_has_owner("org.aziot.Keys1"), "keyd to exit")
+
+        c = Connection(sock)  # activates keyd again, which the gateway asks again
+        c.send(request_bytes("GET", f"/key/absent?{V2021}"))
+        self.assertLess(c.read_response().status, 500)
+        c.close()
+        wait_until(lambda: "max_requests on keyd.sock is 3" in self.gateway.log(),
+                   "the gateway to ask the restarted keyd")
+        held = [Connection(sock) for _ in range(3)]
+        for c in held:
+            c.send(request_bytes("GET", f"/key/absent?{V2021}"))
+            self.assertLess(c.read_response().status, 500)
+        extra = Connection(sock)
+        try:
+            extra.send(request_bytes("GET", f"/key/absent?{V2021}"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.assertTrue(extra.is_closed(), "the connection over keyd's new max_requests got an answer")
+        for c in held + [extra]:
+            c.close()
 
 
 if __name__ == "__main__":
