@@ -70,7 +70,124 @@ def self_signed_pem(directory):
                         "-days", "1", "-keyout", key]).stdout
 
 
-class InstalledSystemTest(unittest.TestCase):
+class InstalledBus:
+    """Debian's system bus on the installed tree (cls.tmp holds its log), the services on it,
+    and the gateway as systemd starts it from the installed socket units; for the tests of the
+    installed tree."""
+
+    @classmethod
+    def start_bus(cls):
+        cls.bus_log = os.path.join(cls.tmp, "bus.log")
+        with open(cls.bus_log, "w") as log:
+            cls.bus_process = subprocess.Popen(
+                ["dbus-daemon", "--system", "--nofork", "--nopidfile", "--nosyslog"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def connected():
+            if cls.bus_process.poll() is not None:
+                raise SysrootError(f"dbus-daemon --system exited:\n{cls.read_bus_log()}")
+            try:
+                return dbus.bus.BusConnection("unix:path=" + BUS_SOCKET)
+            except dbus.exceptions.DBusException:
+                return None
+        cls.bus = sysroot.wait_until(connected, "the system bus")
+
+    @classmethod
+    def read_bus_log(cls):
+        with open(cls.bus_log) as f:
+            return f.read()
+
+    def dbus_proxy(self):
+        return dbus.Interface(self.bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"),
+                              "org.freedesktop.DBus")
+
+    def owner_pid(self, name):
+        return int(self.dbus_proxy().GetConnectionUnixProcessID(name))
+
+    def has_owner(self, name):
+        return bool(self.dbus_proxy().NameHasOwner(name))
+
+    def call(self, svc, method, *args, interface=None):
+        name = BUS_NAMES[svc]
+        path = "/" + name.replace(".", "/")
+        try:
+            obj = self.bus.get_object(name, path)
+            return obj.get_dbus_method(method, interface or name)(*args)
+        except dbus.exceptions.DBusException as e:
+            raise AssertionError(f"{name}.{method}: {e}\n--- bus log ---\n"
+                                 f"{self.read_bus_log()}") from None
+
+    def stop_service(self, svc):
+        name = BUS_NAMES[svc]
+        if not self.has_owner(name):
+            return
+        os.kill(self.owner_pid(name), signal.SIGTERM)
+        sysroot.wait_until(lambda: not self.has_owner(name), f"{name} to go")
+
+    def start_gateway(self):
+        """What systemd does on the first connection to one of the sockets: binds each socket
+        unit's ListenStream= as it says, and starts aziot-gatewayd.service with them (named by
+        FileDescriptorName=, in the order of its Sockets=) as its User=/Group=. Returns (the
+        process, {socket name: path})."""
+        unitdir = self.p["unitdir"]
+        service = sysroot.read_unit(os.path.join(unitdir, "aziot-gatewayd.service"))["Service"]
+        listeners, names, paths = [], [], {}
+        for unit in service["Sockets"][0].split():
+            s = sysroot.read_unit(os.path.join(unitdir, unit))["Socket"]
+            (path,), (name,) = s["ListenStream"], s["FileDescriptorName"]
+            os.makedirs(os.path.dirname(path), int(s["DirectoryMode"][0], 8), exist_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, int(s["SocketMode"][0], 8))
+            os.chown(path, pwd.getpwnam(s["SocketUser"][0]).pw_uid,
+                     grp.getgrnam(s["SocketGroup"][0]).gr_gid)
+            sock.listen(128)
+            listeners.append(sock)
+            names.append(name)
+            paths[name] = path
+
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(NOTIFY_SOCKET)
+        os.chmod(NOTIFY_SOCKET, 0o666)
+        notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        log = open(os.path.join(self.tmp, "gatewayd.log"), "w")
+        fds = [s.fileno() for s in listeners]
+        process = subprocess.Popen(
+            [sysroot.python(), "-c", ACTIVATE, ":".join(names), ",".join(map(str, fds)),
+             service["User"][0], service["Group"][0], *shlex.split(service["ExecStart"][0])],
+            pass_fds=fds, env={"NOTIFY_SOCKET": NOTIFY_SOCKET}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log)
+        log.close()
+        for s in listeners:
+            s.close()
+        self.addCleanup(self.stop_gateway, process, notify)
+
+        notify.settimeout(0.05)
+        end = time.monotonic() + sysroot.DEFAULT_TIMEOUT
+        while True:
+            try:
+                msg, anc, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+                break
+            except socket.timeout:
+                if process.poll() is not None or time.monotonic() > end:
+                    self.fail(f"no READY=1 from aziot-gatewayd:\n{self.gateway_log()}")
+        self.assertIn("READY=1", msg.decode().split("\n"))
+        sender = int.from_bytes(anc[0][2][:4], sys.byteorder)
+        self.assertEqual(sender, process.pid, "READY=1 from the main process (NotifyAccess=main)")
+        return process, paths
+
+    def stop_gateway(self, process, notify):
+        process.terminate()
+        process.wait(timeout=10)
+        notify.close()
+        os.unlink(NOTIFY_SOCKET)
+
+    def gateway_log(self):
+        with open(os.path.join(self.tmp, "gatewayd.log")) as f:
+            return f.read()
+
+
+class InstalledSystemTest(InstalledBus, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="aziot-system-")
@@ -119,49 +236,7 @@ class InstalledSystemTest(unittest.TestCase):
         os.chown(path, tpm.pw_uid, tpm.pw_gid)
         os.chmod(path, 0o600)
 
-    @classmethod
-    def start_bus(cls):
-        cls.bus_log = os.path.join(cls.tmp, "bus.log")
-        with open(cls.bus_log, "w") as log:
-            cls.bus_process = subprocess.Popen(
-                ["dbus-daemon", "--system", "--nofork", "--nopidfile", "--nosyslog"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-        def connected():
-            if cls.bus_process.poll() is not None:
-                raise SysrootError(f"dbus-daemon --system exited:\n{cls.read_bus_log()}")
-            try:
-                return dbus.bus.BusConnection("unix:path=" + BUS_SOCKET)
-            except dbus.exceptions.DBusException:
-                return None
-        cls.bus = sysroot.wait_until(connected, "the system bus")
-
-    @classmethod
-    def read_bus_log(cls):
-        with open(cls.bus_log) as f:
-            return f.read()
-
     # --- helpers ----------------------------------------------------------------------------
-
-    def dbus_proxy(self):
-        return dbus.Interface(self.bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"),
-                              "org.freedesktop.DBus")
-
-    def owner_pid(self, name):
-        return int(self.dbus_proxy().GetConnectionUnixProcessID(name))
-
-    def has_owner(self, name):
-        return bool(self.dbus_proxy().NameHasOwner(name))
-
-    def call(self, svc, method, *args, interface=None):
-        name = BUS_NAMES[svc]
-        path = "/" + name.replace(".", "/")
-        try:
-            obj = self.bus.get_object(name, path)
-            return obj.get_dbus_method(method, interface or name)(*args)
-        except dbus.exceptions.DBusException as e:
-            raise AssertionError(f"{name}.{method}: {e}\n--- bus log ---\n"
-                                 f"{self.read_bus_log()}") from None
 
     def assertRunsAs(self, pid, user):
         uid, gid, groups = sysroot.process_identity(pid)
@@ -174,13 +249,6 @@ class InstalledSystemTest(unittest.TestCase):
             self.assertLessEqual(expected, names, f"supplementary groups of {user}")
         else:
             self.assertEqual(names, expected, f"supplementary groups of {user}")
-
-    def stop_service(self, svc):
-        name = BUS_NAMES[svc]
-        if not self.has_owner(name):
-            return
-        os.kill(self.owner_pid(name), signal.SIGTERM)
-        sysroot.wait_until(lambda: not self.has_owner(name), f"{name} to go")
 
     def files_under(self, directory):
         found = []
@@ -320,68 +388,6 @@ class InstalledSystemTest(unittest.TestCase):
         self.assertRunsAs(self.owner_pid("org.aziot.Tpm1"), "aziottpm")
 
     # --- the gateway, started from the installed socket units --------------------------------
-
-    def start_gateway(self):
-        """What systemd does on the first connection to one of the sockets: binds each socket
-        unit's ListenStream= as it says, and starts aziot-gatewayd.service with them (named by
-        FileDescriptorName=, in the order of its Sockets=) as its User=/Group=. Returns (the
-        process, {socket name: path})."""
-        unitdir = self.p["unitdir"]
-        service = sysroot.read_unit(os.path.join(unitdir, "aziot-gatewayd.service"))["Service"]
-        listeners, names, paths = [], [], {}
-        for unit in service["Sockets"][0].split():
-            s = sysroot.read_unit(os.path.join(unitdir, unit))["Socket"]
-            (path,), (name,) = s["ListenStream"], s["FileDescriptorName"]
-            os.makedirs(os.path.dirname(path), int(s["DirectoryMode"][0], 8), exist_ok=True)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            os.chmod(path, int(s["SocketMode"][0], 8))
-            os.chown(path, pwd.getpwnam(s["SocketUser"][0]).pw_uid,
-                     grp.getgrnam(s["SocketGroup"][0]).gr_gid)
-            sock.listen(128)
-            listeners.append(sock)
-            names.append(name)
-            paths[name] = path
-
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(NOTIFY_SOCKET)
-        os.chmod(NOTIFY_SOCKET, 0o666)
-        notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        log = open(os.path.join(self.tmp, "gatewayd.log"), "w")
-        fds = [s.fileno() for s in listeners]
-        process = subprocess.Popen(
-            [sysroot.python(), "-c", ACTIVATE, ":".join(names), ",".join(map(str, fds)),
-             service["User"][0], service["Group"][0], *shlex.split(service["ExecStart"][0])],
-            pass_fds=fds, env={"NOTIFY_SOCKET": NOTIFY_SOCKET}, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log)
-        log.close()
-        for s in listeners:
-            s.close()
-        self.addCleanup(self.stop_gateway, process, notify)
-
-        notify.settimeout(0.05)
-        end = time.monotonic() + sysroot.DEFAULT_TIMEOUT
-        while True:
-            try:
-                msg, anc, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
-                break
-            except socket.timeout:
-                if process.poll() is not None or time.monotonic() > end:
-                    self.fail(f"no READY=1 from aziot-gatewayd:\n{self.gateway_log()}")
-        self.assertIn("READY=1", msg.decode().split("\n"))
-        sender = int.from_bytes(anc[0][2][:4], sys.byteorder)
-        self.assertEqual(sender, process.pid, "READY=1 from the main process (NotifyAccess=main)")
-        return process, paths
-
-    def stop_gateway(self, process, notify):
-        process.terminate()
-        process.wait(timeout=10)
-        notify.close()
-        os.unlink(NOTIFY_SOCKET)
-
-    def gateway_log(self):
-        with open(os.path.join(self.tmp, "gatewayd.log")) as f:
-            return f.read()
 
     def connects_as(self, user, path):
         """Whether user (with its groups) may connect to the socket path."""

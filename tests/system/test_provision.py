@@ -63,7 +63,7 @@ def super_config(dps_url, registration_id, key_b64):
             f'symmetric_key = {{ value = "{key_b64}" }}\n')
 
 
-class ProvisionTest(unittest.TestCase):
+class ProvisionTest(test_activation.InstalledBus, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="aziot-provision-")
@@ -113,55 +113,6 @@ class ProvisionTest(unittest.TestCase):
                 with open(path) as f:
                     out.write("\n" + f.read())
 
-    @classmethod
-    def start_bus(cls):
-        cls.bus_log = os.path.join(cls.tmp, "bus.log")
-        with open(cls.bus_log, "w") as log:
-            cls.bus_process = subprocess.Popen(
-                ["dbus-daemon", "--system", "--nofork", "--nopidfile", "--nosyslog"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-        def connected():
-            if cls.bus_process.poll() is not None:
-                raise SysrootError(f"dbus-daemon --system exited:\n{cls.read_bus_log()}")
-            try:
-                return dbus.bus.BusConnection("unix:path=" + BUS_SOCKET)
-            except dbus.exceptions.DBusException:
-                return None
-        cls.bus = sysroot.wait_until(connected, "the system bus")
-
-    @classmethod
-    def read_bus_log(cls):
-        with open(cls.bus_log) as f:
-            return f.read()
-
-    # The gateway as systemd starts it from the installed socket units: test_activation's.
-    start_gateway = test_activation.InstalledSystemTest.start_gateway
-    stop_gateway = test_activation.InstalledSystemTest.stop_gateway
-    gateway_log = test_activation.InstalledSystemTest.gateway_log
-
-    # --- helpers ----------------------------------------------------------------------------
-
-    def dbus_proxy(self):
-        return dbus.Interface(self.bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"),
-                              "org.freedesktop.DBus")
-
-    def owner_pid(self, name):
-        return int(self.dbus_proxy().GetConnectionUnixProcessID(name))
-
-    def has_owner(self, name):
-        return bool(self.dbus_proxy().NameHasOwner(name))
-
-    def call(self, svc, method, *args, interface=None):
-        name = BUS_NAMES[svc]
-        path = "/" + name.replace(".", "/")
-        try:
-            obj = self.bus.get_object(name, path)
-            return obj.get_dbus_method(method, interface or name)(*args)
-        except dbus.exceptions.DBusException as e:
-            raise AssertionError(f"{name}.{method}: {e}\n--- bus log ---\n"
-                                 f"{self.read_bus_log()}") from None
-
     def provisioning_state(self):
         return str(self.call("identityd", "Get", "org.aziot.Identity1", "ProvisioningState",
                              interface="org.freedesktop.DBus.Properties"))
@@ -177,13 +128,6 @@ class ProvisionTest(unittest.TestCase):
                 self.fail(f"identityd is still {state!r}\n--- bus log (identityd, keyd) ---\n"
                           f"{self.read_bus_log()}")
             time.sleep(0.05)
-
-    def stop_service(self, svc):
-        name = BUS_NAMES[svc]
-        if not self.has_owner(name):
-            return
-        os.kill(self.owner_pid(name), signal.SIGTERM)
-        sysroot.wait_until(lambda: not self.has_owner(name), f"{name} to go")
 
     def uid_of(self, pid):
         return sysroot.process_identity(pid)[0]
