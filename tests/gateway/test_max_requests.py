@@ -25,7 +25,6 @@ BUILD_DIR = os.environ.get("AZIOT_BUILD_DIR", "build")
 sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "lib"))
 
 import aziot_harness  # noqa: E402
-import aziot_stack  # noqa: E402
 from aziot_http import Connection, request_bytes  # noqa: E402
 
 GATEWAY_USER = "aziotgw"  # meson_options.txt gateway_user: what the project's bus policy names

@@ -18,7 +18,6 @@ Environment (set by meson): AZIOT_SOURCE_DIR, AZIOT_BUILD_DIR, AZIOTCTL, AZIOT_I
 AZIOT_KEYD, AZIOT_CERTD, AZIOT_TPMD, AZIOT_PROVIDER_DIR.
 """
 
-import base64
 import grp
 import os
 import pwd
