@@ -21,6 +21,8 @@ identityd (identityd.sock), whose configuration the caller writes, next to keyd 
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import aziot_harness
@@ -153,14 +155,46 @@ class KeysServices(_Service):
         ])
 
 
+def apply_super_config(stack, services, super_config):
+    """What an administrator does, under run_dir/root: the super-config written to
+    etc/aziot/config.toml there and `aziotctl config apply` run on it (AZIOTCTL_ROOT), each
+    service's 00-super.toml then put into its config.d, with 99-run-dir.toml after it for what
+    names the device's real paths (homes under /var/lib/aziot, /var/secrets): the run directory's
+    instead. services: {"keyd": KeysServices, …}."""
+    root = os.path.join(stack.run_dir, "root")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(os.path.join(root, "etc", "aziot"), mode=0o755)
+    with open(os.path.join(root, "etc", "aziot", "config.toml"), "w") as f:
+        f.write(super_config)
+    aziot_harness.ensure_test_users(("aziotks", "aziotcs", "aziotid", "aziottpm"))
+    r = subprocess.run([os.path.join(stack.build_dir, "tools", "aziotctl", "aziotctl"), "config",
+                        "apply"], env={**os.environ, "AZIOTCTL_ROOT": root},
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"aziotctl config apply failed:\n{r.stdout}{r.stderr}")
+    secret = os.path.join(root, "var", "secrets", "aziot", "keyd", "device-id")
+    overrides = {
+        "keyd": ["[aziot_keys]", f"homedir_path = {_toml_string(services['keyd'].home)}", "",
+                 "[preloaded_keys]", f"device-id = {_toml_string('file://' + secret)}"],
+        "certd": [f"homedir_path = {_toml_string(services['certd'].home)}"],
+        "identityd": [f"homedir = {_toml_string(services['identityd'].home)}"],
+    }
+    for name, service in services.items():
+        service.make_dirs()
+        shutil.copyfile(os.path.join(root, "etc", "aziot", name, "config.d", "00-super.toml"),
+                        os.path.join(service.config_d, "00-super.toml"))
+        with open(os.path.join(service.config_d, "99-run-dir.toml"), "w") as f:
+            f.write("\n".join(overrides[name]) + "\n")
+
+
 def up(stack):
     """Hook for `aziot_harness.py up --hook`: what `./dev up` runs — keyd, certd and identityd (D-Bus
     activatable), the mock DPS and IoT Hub (tests/cloud, in this process) with an enrollment for
     the device, and one gateway serving keyd.sock, certd.sock and identityd.sock. identityd
     provisions the device through DPS with a symmetric key held by keyd, so that the identity
-    routes answer with a real identity. AZIOT_UP_PKCS11=1 (`./dev up --pkcs11`): keys on a
+    routes answer with a real identity; the services' configuration is what `aziotctl config
+    apply` makes of a super-config (run_dir/root/etc/aziot/config.toml). AZIOT_UP_PKCS11=1 (`./dev up --pkcs11`): keys on a
     softhsm2 token made for the occasion under the run directory."""
-    import base64
     sys.path.insert(0, os.path.join(stack.source_dir, "tests", "cloud"))
     import mock_dps
     import mock_hub
@@ -175,27 +209,22 @@ def up(stack):
     hub.start()
     dps.start()
     enrollment = dps.add_symmetric_key("my-device")
-    secrets = os.path.join(stack.run_dir, "secrets")
-    os.makedirs(secrets, mode=0o700, exist_ok=True)
-    device_key = os.path.join(secrets, "device-id.key")
-    with open(device_key, "wb") as f:
-        f.write(base64.b64decode(enrollment.primary_key))
     ca_bundle = os.path.join(cloud_dir, "ca.pem")
     with open(ca_bundle, "w") as out:
         for path in (hub.server_ca_path, dps.server_ca_path):
             with open(path) as f:
                 out.write(f.read())
 
-    keys = KeysServices(stack, token=token,
-                        extra_config=f'[preloaded_keys]\ndevice-id = "file://{device_key}"')
-    keys.start(gateway=False)
+    keys = KeysServices(stack, token=token)
     certs = CertsServices(stack)
-    certs.start(gateway=False)
-    identity = IdentityServices(stack, (
+    identity = IdentityServices(stack, "", ssl_cert_file=ca_bundle)
+    apply_super_config(stack, {"keyd": keys, "certd": certs, "identityd": identity}, (
         'hostname = "my-device"\n\n[provisioning]\nsource = "dps"\n'
-        f'global_endpoint = "{dps.url}/"\nscope_id = "0ne00000DEV"\n\n'
+        f'global_endpoint = "{dps.url}/"\nid_scope = "0ne00000DEV"\n\n'
         '[provisioning.attestation]\nmethod = "symmetric_key"\nregistration_id = "my-device"\n'
-        'symmetric_key = "device-id"\n'), ssl_cert_file=ca_bundle)
+        f'symmetric_key = {{ value = "{enrollment.primary_key}" }}\n'))
+    keys.start(gateway=False)
+    certs.start(gateway=False)
     identity.start(gateway=False)
     sockets = (keys.keyd_socket, certs.certd_socket, identity.identityd_socket)
     gateway = stack.start_process(
@@ -213,6 +242,8 @@ def up(stack):
         f"              config {certs.config_file} (+ {certs.config_d}/*.toml)",
         f"  identityd   D-Bus activatable as {IDENTITY_BUS_NAME}, home {identity.identityd_home}",
         f"              config {identity.config_file} (+ {identity.config_d}/*.toml): {state}",
+        f"  super-config {os.path.join(stack.run_dir, 'root', 'etc', 'aziot', 'config.toml')}"
+        " (aziotctl config apply, AZIOTCTL_ROOT=" + os.path.join(stack.run_dir, "root") + ")",
         f"  mock DPS    {dps.url} (scope 0ne00000DEV, enrollment my-device)",
         f"  mock Hub    {hub.url} ({hub.hostname})",
         f"  gateway     {', '.join(sockets[1:])}",

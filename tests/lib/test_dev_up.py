@@ -57,6 +57,15 @@ class DevUpTest(unittest.TestCase):
             time.sleep(0.2)
         out = self.output()
         self.assertRegex(out, r"identityd +D-Bus activatable[^\n]*\n[^\n]*: provisioned\n")
+        # The services' configuration is aziotctl's, from the super-config.
+        super_config = re.search(r"super-config (\S+) \(aziotctl config apply", out)
+        self.assertIsNotNone(super_config, out)
+        with open(super_config.group(1)) as f:
+            self.assertIn('method = "symmetric_key"', f.read())
+        keyd_super = os.path.join(self.run_dir, "run", "config", "keyd", "config.d",
+                                  "00-super.toml")
+        with open(keyd_super) as f:
+            self.assertIn('device-id = "file:///var/secrets/aziot/keyd/device-id"', f.read())
         command = re.search(r"curl -s --unix-socket (\S+) '(http://identityd\.sock/[^']+)'", out)
         self.assertIsNotNone(command, out)
         r = subprocess.run(["curl", "-s", "--unix-socket", command.group(1), command.group(2)],
