@@ -66,10 +66,16 @@ class QueryTest(aziot_harness.StackTestCase):
         cls.conn.call_blocking(*CERTS, "ImportCertificate", "ssa{sv}", ["ctl-test", pem, {}])
         cls.conn.call_blocking(*IDENTITY, "CreateModuleIdentity", "ssa{sv}",
                                ["aziot", "ctl-module", {}], timeout=60)
-        # keyd's configuration, readable by the test users (its own directory is 0700)
+        # keyd's configuration (config.toml and config.d), readable by the test users (its own
+        # directory is 0700)
         cls.keyd_config = os.path.join(cls.run_dir, "keyd-config.toml")
         shutil.copy(cls.keys.config_file, cls.keyd_config)
         os.chmod(cls.keyd_config, 0o644)
+        cls.keyd_config_d = os.path.join(cls.run_dir, "keyd-config.d")
+        shutil.copytree(cls.keys.config_d, cls.keyd_config_d)
+        os.chmod(cls.keyd_config_d, 0o755)
+        for name in os.listdir(cls.keyd_config_d):
+            os.chmod(os.path.join(cls.keyd_config_d, name), 0o644)
 
     @classmethod
     def write_weak_keys(cls):
@@ -107,7 +113,7 @@ class QueryTest(aziot_harness.StackTestCase):
     def ctl_as(self, user, *args, groups=None):
         return self.stack.run_as(user, [AZIOTCTL, *args], groups=groups,
                                  env={"AZIOT_KEYD_CONFIG": self.keyd_config,
-                                      "AZIOT_KEYD_CONFIG_DIR": "/nonexistent"})
+                                      "AZIOT_KEYD_CONFIG_DIR": self.keyd_config_d})
 
     # -- keys --------------------------------------------------------------------------------
 
